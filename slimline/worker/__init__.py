@@ -1,0 +1,1 @@
+"""Filled by the service issue (DESIGN.md section 4)."""
