@@ -151,6 +151,7 @@ def _infer_task(x: np.ndarray, y: np.ndarray) -> str:
 
 def validate_arrays(a: dict[str, np.ndarray], source: str) -> ValidatedArrays:
     """Check shapes, dtypes, values and labels; infer the task; cast to the training dtypes."""
+    a = dict(a)  # casts below replace entries; leave the caller's dict alone
     _check_dtypes(a)
     task = _infer_task(a["x_train"], a["y_train"])
     input_shape = tuple(int(d) for d in a["x_train"].shape[1:])
@@ -196,10 +197,14 @@ def validate_arrays(a: dict[str, np.ndarray], source: str) -> ValidatedArrays:
                 f"x_{split}",
                 list(x.shape),
             )
+        if x.dtype.kind == "f":
+            with np.errstate(over="ignore"):  # float64 beyond float32 range -> Inf, caught next
+                x = a[f"x_{split}"] = x.astype(np.float32, copy=False)
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = int(np.size(x) - np.isfinite(x).sum())
             raise _bad(
-                f"{source}: x_{split} contains {bad} NaN or Inf value(s); inputs must be finite",
+                f"{source}: x_{split} contains {bad} NaN or Inf value(s) (as float32); "
+                "inputs must be finite",
                 f"x_{split}",
                 bad,
             )
@@ -217,7 +222,7 @@ def validate_arrays(a: dict[str, np.ndarray], source: str) -> ValidatedArrays:
     if task == "language":
         num_classes = LANGUAGE_VOCAB
     else:
-        num_classes = int(max(a["y_train"].max(), a["y_val"].max())) + 1
+        num_classes = max(int(a["y_train"].max()), int(a["y_val"].max())) + 1
     out = {
         k: v.astype(np.float32 if (k[0] == "x" and task == "classify") else np.int64, copy=False)
         for k, v in a.items()
