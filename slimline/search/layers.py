@@ -1,0 +1,159 @@
+"""Find the compressible layers of a model: eager zoo modules and torch.export graphs alike.
+
+A compressible layer is a Linear, Conv1d or Conv2d weight (depthwise and grouped included).
+In an eager model that is an ``nn.Linear``/``nn.Conv*d`` module; in the graph module of a
+``torch.export`` program there are no such modules, only ``aten.linear``/``aten.conv*d`` calls
+whose weight is read through a ``get_attr`` of a parameter owned by a plain submodule, so the
+graph is walked instead. Either way the result is the module path that owns ``weight`` (where a
+parametrization goes), the weight's shape, and the norm layer directly following the layer
+(folded into the layer's scales and bias at export, as deployment toolchains do).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+_EAGER_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Linear, "linear"),
+    (nn.Conv1d, "conv1d"),
+    (nn.Conv2d, "conv2d"),
+)
+_aten = torch.ops.aten
+_GRAPH_KINDS = {
+    _aten.linear.default: "linear",
+    _aten.conv1d.default: "conv1d",
+    _aten.conv2d.default: "conv2d",
+}
+_GRAPH_NORMS = {_aten.batch_norm.default, _aten._native_batch_norm_legit_no_training.default}
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """One compressible weight. rows = output channels; row_len = in/groups x kernel size."""
+
+    name: str  # path of the module owning ``weight`` (and ``bias``), e.g. "layer1.0.conv1"
+    kind: str  # linear | conv1d | conv2d
+    shape: tuple[int, ...]  # weight shape, [O, I/groups, *kernel]
+    has_bias: bool
+    norm: str | None = None  # path of the BatchNorm folded into this layer at export
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def row_len(self) -> int:
+        return math.prod(self.shape[1:])
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def is_graph_module(model: nn.Module) -> bool:
+    return isinstance(model, fx.GraphModule)
+
+
+def find_layers(model: nn.Module) -> list[LayerGeometry]:
+    """Compressible layers in execution order (graph order, else module order)."""
+    if is_graph_module(model):
+        return _graph_layers(model)  # type: ignore[arg-type]
+    return _eager_layers(model)
+
+
+def _eager_layers(model: nn.Module) -> list[LayerGeometry]:
+    norms = _eager_norm_pairs(model)
+    out = []
+    for name, mod in model.named_modules():
+        for cls, kind in _EAGER_KINDS:
+            if isinstance(mod, cls):
+                w = _original_weight(mod)
+                out.append(
+                    LayerGeometry(
+                        name=name,
+                        kind=kind,
+                        shape=tuple(w.shape),
+                        has_bias=getattr(mod, "bias", None) is not None,
+                        norm=norms.get(name),
+                    )
+                )
+                break
+    return out
+
+
+def _original_weight(mod: nn.Module) -> torch.Tensor:
+    p = getattr(mod, "parametrizations", None)
+    if p is not None and "weight" in p:
+        return p["weight"].original  # type: ignore[no-any-return]
+    return mod.weight  # type: ignore[return-value]
+
+
+def _eager_norm_pairs(model: nn.Module) -> dict[str, str]:
+    """layer name -> BatchNorm name when the BN consumes only that layer's output.
+
+    Found by symbolic tracing; a model that cannot be traced simply gets no folding (its norms
+    are then stored as ordinary tensors, which costs bytes but is always correct).
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return {}
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:
+        return {}
+    mods = dict(model.named_modules())
+    pairs = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(
+            mods.get(node.target), nn.modules.batchnorm._BatchNorm
+        ):
+            continue
+        src = node.args[0]
+        if (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and isinstance(mods.get(src.target), (nn.Conv1d, nn.Conv2d, nn.Linear))
+            and len(src.users) == 1
+        ):
+            pairs[str(src.target)] = str(node.target)
+    return pairs
+
+
+def _graph_layers(gm: fx.GraphModule) -> list[LayerGeometry]:
+    out = []
+    for node in gm.graph.nodes:
+        kind = _GRAPH_KINDS.get(node.target) if node.op == "call_function" else None
+        if kind is None:
+            continue
+        w_node = node.args[1]
+        if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr"):
+            continue  # weight computed inside the graph: not a stored tensor we can compress
+        owner, _, attr = str(w_node.target).rpartition(".")
+        if attr != "weight":
+            continue
+        bias_node = node.args[2] if len(node.args) > 2 else None
+        has_bias = isinstance(bias_node, fx.Node) and str(bias_node.target) == f"{owner}.bias"
+        weight = _original_weight(gm.get_submodule(owner))
+        out.append(
+            LayerGeometry(
+                name=owner, kind=kind, shape=tuple(weight.shape), has_bias=has_bias,
+                norm=_graph_norm_after(node),
+            )
+        )
+    return out
+
+
+def _graph_norm_after(node: fx.Node) -> str | None:
+    if len(node.users) != 1:
+        return None
+    (user,) = node.users
+    if user.op != "call_function" or user.target not in _GRAPH_NORMS:
+        return None
+    w = user.args[1]
+    if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+        return None
+    owner, _, attr = str(w.target).rpartition(".")
+    return owner if attr == "weight" else None
