@@ -40,6 +40,7 @@ class LayerGeometry:
     shape: tuple[int, ...]  # weight shape, [O, I/groups, *kernel]
     has_bias: bool
     norm: str | None = None  # path of the BatchNorm folded into this layer at export
+    norm_eps: float = 0.0  # that norm's epsilon (graph modules keep it in the graph, not the module)
 
     @property
     def rows(self) -> int:
@@ -67,6 +68,7 @@ def find_layers(model: nn.Module) -> list[LayerGeometry]:
 
 def _eager_layers(model: nn.Module) -> list[LayerGeometry]:
     norms = _eager_norm_pairs(model)
+    mods = dict(model.named_modules())
     out = []
     for name, mod in model.named_modules():
         for cls, kind in _EAGER_KINDS:
@@ -79,6 +81,7 @@ def _eager_layers(model: nn.Module) -> list[LayerGeometry]:
                         shape=tuple(w.shape),
                         has_bias=getattr(mod, "bias", None) is not None,
                         norm=norms.get(name),
+                        norm_eps=float(mods[norms[name]].eps) if name in norms else 0.0,
                     )
                 )
                 break
@@ -117,6 +120,8 @@ def _eager_norm_pairs(model: nn.Module) -> dict[str, str]:
             and src.op == "call_module"
             and isinstance(mods.get(src.target), (nn.Conv1d, nn.Conv2d, nn.Linear))
             and len(src.users) == 1
+            and mods[node.target].affine
+            and mods[node.target].track_running_stats
         ):
             pairs[str(src.target)] = str(node.target)
     return pairs
@@ -137,23 +142,33 @@ def _graph_layers(gm: fx.GraphModule) -> list[LayerGeometry]:
         bias_node = node.args[2] if len(node.args) > 2 else None
         has_bias = isinstance(bias_node, fx.Node) and str(bias_node.target) == f"{owner}.bias"
         weight = _original_weight(gm.get_submodule(owner))
+        norm, eps = _graph_norm_after(node)
         out.append(
             LayerGeometry(
                 name=owner, kind=kind, shape=tuple(weight.shape), has_bias=has_bias,
-                norm=_graph_norm_after(node),
+                norm=norm, norm_eps=eps,
             )
         )
     return out
 
 
-def _graph_norm_after(node: fx.Node) -> str | None:
+def _graph_norm_after(node: fx.Node) -> tuple[str | None, float]:
+    """(owner of the norm's tensors, eps) when a batch_norm alone consumes ``node``."""
     if len(node.users) != 1:
-        return None
+        return None, 0.0
     (user,) = node.users
-    if user.op != "call_function" or user.target not in _GRAPH_NORMS:
-        return None
-    w = user.args[1]
-    if not (isinstance(w, fx.Node) and w.op == "get_attr"):
-        return None
-    owner, _, attr = str(w.target).rpartition(".")
-    return owner if attr == "weight" else None
+    if user.op != "call_function" or user.target not in _GRAPH_NORMS or user.args[0] is not node:
+        return None, 0.0
+    names = []
+    for arg in user.args[1:5]:  # weight, bias, running_mean, running_var
+        if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
+            return None, 0.0
+        names.append(str(arg.target))
+    owner = names[0].rpartition(".")[0]
+    expected = [f"{owner}.{a}" for a in ("weight", "bias", "running_mean", "running_var")]
+    if names != expected:
+        return None, 0.0
+    # batch_norm(x, w, b, mean, var, training, momentum, eps, cudnn) vs
+    # _native_batch_norm_legit_no_training(x, w, b, mean, var, momentum, eps)
+    eps = user.args[7] if user.target is _aten.batch_norm.default else user.args[6]
+    return owner, float(eps)

@@ -1,0 +1,4 @@
+"""Compression science: options, accounting, quantizers, masks, packing, search methods.
+
+Pure torch + numpy: no database, no HTTP (DESIGN.md section 6).
+"""
