@@ -1,0 +1,62 @@
+"""`uniform`: the same option on every layer — what a user picks without slimline.
+
+Among uniform options (every N:M pattern, unstructured densities, dense; 2..8 bits with
+per-channel scales, or fp16) it takes the least-compressing one whose exact bytes fit: the
+most bytes under the budget, which on a plain recipe usually means the least damage.
+"""
+
+from __future__ import annotations
+
+from slimline.errors import InfeasibleBudget
+from slimline.search.accounting import layer_bytes
+from slimline.search.masks import option_mask
+from slimline.search.methods.base import SearchContext, SearchMethod, register
+from slimline.search.options import BITS, DENSITIES, NM_PATTERNS, LayerOption, Plan
+from slimline.search.position_codes import position_stream_bytes
+
+
+def uniform_candidates() -> list[LayerOption]:
+    sparsities: list[dict[str, object]] = [{"sparsity": "dense"}]
+    sparsities += [{"sparsity": "nm", "n": n, "m": m} for n, m in NM_PATTERNS]
+    sparsities += [{"sparsity": "unstructured", "density": d} for d in DENSITIES]
+    out = []
+    for sp in sparsities:
+        for b in BITS:
+            gran = {"granularity": "none"} if b == 16 else {"granularity": "channel"}
+            out.append(LayerOption(bits=b, **sp, **gran))  # type: ignore[arg-type]
+    return out
+
+
+@register
+class UniformMethod(SearchMethod):
+    name = "uniform"
+
+    def propose(self, ctx: SearchContext) -> Plan:
+        costed = []
+        for opt in uniform_candidates():
+            total = sum(layer_bytes(opt, g).total for g in ctx.geoms)
+            costed.append((total, opt))
+        costed.sort(key=lambda t: -t[0])
+        for bound, opt in costed:
+            if bound <= ctx.layer_budget:
+                return Plan.uniform([g.name for g in ctx.geoms], opt)
+            if opt.sparsity == "unstructured" and self._exact(ctx, opt) <= ctx.layer_budget:
+                return Plan.uniform([g.name for g in ctx.geoms], opt)
+        smallest = costed[-1][0] + ctx.other_bytes
+        raise InfeasibleBudget(
+            f"the uniform method cannot fit {ctx.payload_budget} payload bytes: its smallest "
+            f"uniform plan ({costed[-1][1].to_str()}) needs {smallest} bytes",
+            field="budget", value=ctx.payload_budget,
+        )
+
+    @staticmethod
+    def _exact(ctx: SearchContext, opt: LayerOption) -> int:
+        """Exact bytes of an unstructured uniform option, from the masks it would pick."""
+        total = 0
+        for g in ctx.geoms:
+            w = ctx.model.get_submodule(g.name).weight.detach()
+            mask = option_mask(opt, w.reshape(g.rows, g.row_len))
+            assert mask is not None
+            pos = position_stream_bytes(g.numel, int(mask.sum()), mask.reshape(-1))
+            total += layer_bytes(opt, g, position_bytes=pos).total
+        return total

@@ -1,0 +1,156 @@
+"""Training and evaluation loops shared by dense pre-training and quantization-aware fine-tuning.
+
+Two tasks: "classify" (logits [B, C], top-1 accuracy) and "language" (logits [B, T, V],
+next-token accuracy and bits per token). Data are in-memory tensors (our datasets are small);
+batches are drawn with a seeded generator so a run is reproducible on the CPU. Progress goes to
+a callback, never to print: the CLI draws a bar, the worker writes job events.
+
+Graph modules from ``torch.export`` refuse ``.train()``; their mode is switched by editing the
+graph (`slimline.models.program.set_graph_training`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimline.search.layers import is_graph_module
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class TrainData(Protocol):
+    """What training needs of a dataset (slimline.models.datasets.Dataset satisfies it)."""
+
+    task: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 1.0  # passes over the training set (fractions allowed for big sets)
+    lr: float = 1e-3  # peak learning rate (Adam), cosine-decayed to lr_min_ratio * lr
+    lr_min_ratio: float = 0.02
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    seed: int = 0  # batch order
+    max_steps: int | None = None  # caps the step count (quick runs, tests)
+    eval_batch_size: int = 1024
+    extra: dict[str, Any] = field(default_factory=dict)  # reserved for method settings
+
+    def steps(self, n_train: int) -> int:
+        per_epoch = math.ceil(n_train / self.batch_size)
+        total = max(1, math.ceil(self.epochs * per_epoch))
+        return min(total, self.max_steps) if self.max_steps else total
+
+
+def set_training_mode(model: nn.Module, mode: bool) -> None:
+    if is_graph_module(model):
+        from slimline.models.program import set_graph_training
+
+        set_graph_training(model, mode)  # type: ignore[arg-type]
+    else:
+        model.train(mode)
+
+
+def task_loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if task == "language":
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    return F.cross_entropy(logits, y)
+
+
+def batches(data: TrainData, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled mini-batches of the training split, reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(data.x_train)
+    while True:
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            idx = order[i : i + batch_size]
+            yield data.x_train[idx], data.y_train[idx]
+
+
+def train(
+    model: nn.Module,
+    data: TrainData,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[float]:
+    """Adam + cosine schedule for ``cfg.steps`` steps; returns the loss of every step.
+
+    ``loss_fn(logits, y, x)`` replaces the task loss when given (distillation, regularizers).
+    ``should_stop`` is polled between steps (cancellation, time limits).
+    """
+    device = torch.device(device)
+    model.to(device)
+    set_training_mode(model, True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.steps(len(data.x_train))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * cfg.lr_min_ratio)
+    losses: list[float] = []
+    report_every = max(1, total // 50)
+    for step, (x, y) in enumerate(batches(data, cfg.batch_size, cfg.seed)):
+        if step >= total or (should_stop is not None and should_stop()):
+            break
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss = loss_fn(logits, y, x) if loss_fn else task_loss(data.task, logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if progress and (step % report_every == 0 or step == total - 1):
+            progress({"step": step + 1, "total": total, "loss": losses[-1]})
+    set_training_mode(model, False)
+    return losses
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: TrainData, *, device: torch.device | str = "cpu",
+    batch_size: int = 1024, split: str = "val",
+) -> dict[str, float]:
+    """Metric of ``model`` on a split: {"metric": accuracy, "loss": mean CE, ...}.
+
+    Language models also get "bits_per_token" (= loss / ln 2; bits per byte for byte models).
+    """
+    device = torch.device(device)
+    model.to(device)
+    set_training_mode(model, False)
+    x_all = data.x_val if split == "val" else data.x_train
+    y_all = data.y_val if split == "val" else data.y_train
+    correct, loss_sum, count = 0, 0.0, 0
+    for i in range(0, len(x_all), batch_size):
+        x, y = x_all[i : i + batch_size].to(device), y_all[i : i + batch_size].to(device)
+        logits = model(x)
+        flat_logits = logits.reshape(-1, logits.shape[-1])
+        flat_y = y.reshape(-1)
+        loss_sum += float(F.cross_entropy(flat_logits, flat_y, reduction="sum"))
+        correct += int((flat_logits.argmax(-1) == flat_y).sum())
+        count += flat_y.numel()
+    out = {"metric": correct / max(1, count), "loss": loss_sum / max(1, count)}
+    if data.task == "language":
+        out["bits_per_token"] = out["loss"] / math.log(2)
+    return out
+
+
+def pick_device(preferred: str = "auto") -> torch.device:
+    """The device to run on, chosen at run time (CUDA only when asked for or available)."""
+    if preferred == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preferred)
