@@ -113,7 +113,7 @@ def train(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress and (step % report_every == 0 or step == total - 1):
             progress({"step": step + 1, "total": total, "loss": losses[-1]})
     set_training_mode(model, False)

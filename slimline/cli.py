@@ -1,0 +1,116 @@
+"""The `slimline` command. Errors print as `error[code]: message` and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slimline.errors import SlimlineError
+
+
+class StageBar:
+    """A one-line progress bar per stage on stderr (plain lines when not a terminal)."""
+
+    def __init__(self, stream: Any = sys.stderr, quiet: bool = False) -> None:
+        self.stream, self.quiet = stream, quiet
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last_line = 0.0
+
+    def __call__(self, stage: str, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if event.get("event") == "start":
+            self._write(f"[{stage}] ...", final=not self.tty)
+        elif event.get("event") == "end":
+            self._write(f"[{stage}] done in {event['seconds']:.1f}s", final=True)
+        elif "total" in event:
+            step, total = event["step"], event["total"]
+            now = time.monotonic()
+            if not self.tty and step != total and now - self.last_line < 5:
+                return
+            self.last_line = now
+            width = 30
+            filled = int(width * step / max(1, total))
+            loss = f" loss {event['loss']:.4f}" if "loss" in event else ""
+            bar = "#" * filled + "-" * (width - filled)
+            self._write(f"[{stage}] [{bar}] {step}/{total}{loss}", final=not self.tty)
+
+    def _write(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from slimline.budget import parse_budget
+    from slimline.pipeline.report import build_report, render_report
+    from slimline.pipeline.stages import JobSpec, run_job
+
+    config = json.loads(args.config) if args.config else {}
+    if not isinstance(config, dict):
+        raise SlimlineError("--config must be a JSON object", field="config")
+    spec = JobSpec(
+        model=args.model, data=args.data, budget=parse_budget(args.budget),
+        method=args.method, epochs=args.epochs, seed=args.seed, data_root=args.data_root,
+        weights=args.weights, config=config, out=Path(args.out), device=args.device,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, max_steps=args.max_steps,
+    )
+    state = run_job(spec, StageBar(quiet=args.json))
+    report = build_report(state)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2) if args.json else render_report(report))
+    return 0 if report["within_budget"] and report["verify"].get("equal") else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimline", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compress", help="compress a model into a size budget, locally")
+    c.add_argument("model", help="a zoo model name (lenet5, digits-cnn, ...) or a .pt2 file")
+    c.add_argument("--data", required=True,
+                   help="a named dataset (mnist, digits, pycode, cifar10) or a .npz/.safetensors")
+    c.add_argument("--budget", required=True,
+                   help="file size in bytes (60000, 60KB, 1.5MB) or a ratio of the dense size (20x)")
+    c.add_argument("--data-root", default=None, help="folder of named datasets "
+                   "(default: $SLIMLINE_DATA_ROOT)")
+    c.add_argument("--method", default="uniform", help="search method (default: uniform)")
+    c.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs")
+    c.add_argument("--max-steps", type=int, default=None, help="cap on fine-tuning steps")
+    c.add_argument("--weights", default=None, help="safetensors weights for a zoo model "
+                   "(without: the dense model is trained once and cached)")
+    c.add_argument("--config", default=None, help="zoo model config as JSON")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    c.add_argument("--cache-dir", default=None, help="dense-model cache "
+                   "(default: $SLIMLINE_CACHE_DIR or ~/.cache/slimline)")
+    c.add_argument("--out", default="model.slim.safetensors", help="checkpoint path")
+    c.add_argument("--report", default=None, help="also write the JSON report here")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=_compress)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SlimlineError as exc:
+        print(f"error[{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:
+        print(f"error[invalid_input]: --config is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

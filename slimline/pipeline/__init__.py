@@ -1,0 +1,1 @@
+"""The compression job as stages shared by `slimline compress` and the worker."""

@@ -1,0 +1,272 @@
+"""One compression job as a sequence of stages: inspect -> plan -> fine-tune -> export -> verify.
+
+Each stage is a function of a `JobState` that fills in the fields the next stage reads. The CLI
+runs them back to back; the worker (service issue) runs the same functions and persists each
+stage's result before the next starts. Budget feasibility is checked in `inspect`, before any
+training, from the architecture alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from slimline.budget import Budget
+from slimline.errors import InfeasibleBudget
+from slimline.search.accounting import ModelBytes, layer_bytes, plan_bytes
+from slimline.search.compressed import apply_plan
+from slimline.search.export import (
+    build_header,
+    other_stored_bytes,
+    position_lengths,
+    reserve_header_bytes,
+    write_model,
+)
+from slimline.search.finalize import finalize
+from slimline.search.layers import LayerGeometry, find_layers
+from slimline.search.masks import option_mask
+from slimline.search.methods import SearchContext, get_method
+from slimline.search.options import REMOVED, LayerOption, Plan
+from slimline.search.position_codes import position_stream_bytes
+from slimline.search.training import TrainConfig, evaluate, pick_device, train
+from slimline.pipeline.sources import (
+    DEFAULT_FINETUNE,
+    FINETUNE_RECIPES,
+    ModelSource,
+    build_skeleton,
+    check_data_fits,
+    default_cache_dir,
+    load_dense_weights,
+    task_of,
+)
+
+StageProgress = Callable[[str, dict[str, Any]], None]
+STAGES = ("inspect", "plan", "fine-tune", "export", "verify")
+# The longest option string and position length a header can hold: reserving for them before
+# the plan exists means the real header never outgrows the reserve.
+_WIDEST_OPTION = LayerOption(sparsity="unstructured", density=0.046875, bits=8,
+                             granularity="group", group_size=128)
+
+
+@dataclass
+class JobSpec:
+    model: str
+    data: str
+    budget: Budget
+    method: str = "uniform"
+    epochs: float | None = None  # fine-tuning epochs (None: the model's default)
+    seed: int = 0
+    data_root: str | None = None
+    weights: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    out: Path = Path("model.slim.safetensors")
+    device: str = "auto"
+    cache_dir: Path | None = None
+    max_steps: int | None = None  # cap on fine-tuning steps (quick runs)
+
+
+@dataclass
+class JobState:
+    spec: JobSpec
+    src: ModelSource | None = None
+    model: nn.Module | None = None  # dense, then compressed, then finalized
+    dense_model: nn.Module | None = None
+    data: Any = None
+    task: str = ""
+    geoms: list[LayerGeometry] = field(default_factory=list)
+    dense_bytes: int = 0
+    other_bytes: int = 0
+    budget_bytes: int = 0
+    header_reserve: int = 0
+    dense_metrics: dict[str, float] = field(default_factory=dict)
+    weights_source: str = ""
+    plan: Plan | None = None
+    planned: ModelBytes | None = None
+    positions: dict[str, int] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    file_bytes: int = 0
+    header_bytes: int = 0
+    verify: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return pick_device(self.spec.device)
+
+
+def dense_checkpoint_bytes(model: nn.Module) -> int:
+    """Size of the model's fp32 safetensors checkpoint: the ratio's numerator."""
+    state = {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
+             for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    return len(safetensors_bytes(state))
+
+
+def header_reserve(state: JobState) -> int:
+    """Bytes the container header may take, reserved before the plan is known."""
+    widest = Plan.uniform([g.name for g in state.geoms], _WIDEST_OPTION)
+    header = build_header(
+        arch=state.src.arch(), task=state.task or "classify", plan=widest,  # type: ignore[union-attr]
+        positions={g.name: 10**9 for g in state.geoms},
+        metrics={"metric": -1.0, "dense_metric": -1.0},
+        accounting={"payload": 10**12, "dense": 10**12},
+    )
+    return reserve_header_bytes(header, 10**12)
+
+
+def smallest_bytes(state: JobState) -> int:
+    """The smallest file any plan can give: every layer removed (bias and folded norm only)."""
+    layers = sum(layer_bytes(REMOVED, g).total for g in state.geoms)
+    return layers + state.other_bytes + state.header_reserve
+
+
+def inspect(state: JobState, progress: StageProgress) -> None:
+    from slimline.models.datasets import load_dataset
+    from slimline.pipeline.sources import resolve_model
+
+    spec = state.spec
+    state.src = resolve_model(spec.model, config=spec.config or None, weights=spec.weights)
+    torch.manual_seed(spec.seed)
+    model = build_skeleton(state.src)
+    state.geoms = find_layers(model)
+    state.dense_bytes = dense_checkpoint_bytes(model)
+    state.other_bytes = other_stored_bytes(model, state.geoms)
+    state.budget_bytes = spec.budget.resolve(state.dense_bytes)
+    state.header_reserve = header_reserve(state)
+    floor = smallest_bytes(state)
+    if state.budget_bytes < floor:
+        raise InfeasibleBudget(
+            f"budget {spec.budget} = {state.budget_bytes} bytes is below the smallest size "
+            f"slimline can reach for {state.src.label}: {floor} bytes (dense checkpoint "
+            f"{state.dense_bytes} bytes, at most {state.dense_bytes / floor:.1f}x)",
+            field="budget", value=state.budget_bytes,
+        )
+    state.data = load_dataset(spec.data, spec.data_root)
+    state.task = task_of(state.src, model, state.data)
+    check_data_fits(model, state.data, state.src.label)
+    state.weights_source = load_dense_weights(
+        state.src, model, state.data, data_spec=spec.data, seed=spec.seed,
+        cache_dir=spec.cache_dir or default_cache_dir(), device=state.device,
+        progress=lambda e: progress("inspect", e),
+    )
+    state.model = model.cpu()
+    state.dense_metrics = evaluate(model, state.data, device=state.device)
+    model.cpu()
+
+
+def plan(state: JobState, progress: StageProgress) -> None:
+    assert state.model is not None
+    method = get_method(state.spec.method)
+    ctx = SearchContext(
+        model=state.model, geoms=state.geoms, data=state.data,
+        payload_budget=state.budget_bytes - state.header_reserve, other_bytes=state.other_bytes,
+        progress=lambda e: progress("plan", e),
+    )
+    state.plan = method.propose(ctx)
+    state.positions = exact_positions(state.model, state.geoms, state.plan)
+    state.planned = plan_bytes(state.plan, state.geoms, state.other_bytes, 0,
+                               position_bytes=state.positions)
+    assert state.planned.payload + state.header_reserve <= state.budget_bytes, "method over budget"
+    progress("plan", {"step": 1, "total": 1})
+
+
+def exact_positions(model: nn.Module, geoms: list[LayerGeometry], p: Plan) -> dict[str, int]:
+    """Exact position-stream bytes of unstructured layers, from the masks they will get."""
+    out = {}
+    for g in geoms:
+        opt = p[g.name]
+        if opt.sparsity == "unstructured":
+            w = model.get_submodule(g.name).weight.detach()
+            mask = option_mask(opt, w.reshape(g.rows, g.row_len))
+            assert mask is not None
+            out[g.name] = position_stream_bytes(g.numel, int(mask.sum()), mask.reshape(-1))
+    return out
+
+
+def finetune_config(state: JobState) -> TrainConfig:
+    base = FINETUNE_RECIPES.get(state.src.zoo or "", DEFAULT_FINETUNE)  # type: ignore[union-attr]
+    kw = {"seed": state.spec.seed}
+    if state.spec.epochs is not None:
+        kw["epochs"] = state.spec.epochs  # type: ignore[assignment]
+        kw["max_steps"] = None  # type: ignore[assignment]
+    if state.spec.max_steps is not None:
+        kw["max_steps"] = state.spec.max_steps
+    return TrainConfig(**{**base.__dict__, **kw})
+
+
+def finetune(state: JobState, progress: StageProgress) -> None:
+    """Quantization-aware training with the plan's masks and quantizers (plain QAT for now)."""
+    assert state.model is not None and state.plan is not None
+    state.dense_model = copy.deepcopy(state.model)
+    apply_plan(state.model, state.plan, state.geoms)
+    cfg = finetune_config(state)
+    if cfg.epochs > 0:
+        torch.manual_seed(state.spec.seed)
+        state.losses = train(state.model, state.data, cfg, device=state.device,
+                             progress=lambda e: progress("fine-tune", e))
+    state.model.cpu()
+
+
+def export(state: JobState, progress: StageProgress) -> None:
+    assert state.model is not None and state.plan is not None and state.planned is not None
+    fin = finalize(state.model, state.geoms)
+    state.metrics = evaluate(state.model, state.data, device=state.device)
+    state.model.cpu()
+    header = build_header(
+        arch=state.src.arch(), task=state.task, plan=state.plan,  # type: ignore[union-attr]
+        positions=state.positions,
+        metrics={"metric": state.metrics["metric"], "dense_metric": state.dense_metrics["metric"]},
+        accounting={"payload": state.planned.payload, "dense": state.dense_bytes},
+    )
+    out = Path(state.spec.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info, streams = write_model(out, fin, header)
+    assert position_lengths(streams, state.plan) == state.positions, "masks moved during QAT"
+    assert info.payload_bytes == state.planned.payload, (info.payload_bytes, state.planned.payload)
+    state.file_bytes, state.header_bytes = info.file_bytes, info.header_bytes
+    progress("export", {"step": 1, "total": 1})
+
+
+def verify(state: JobState, progress: StageProgress) -> None:
+    """Reload the file and compare it with the finalized in-memory model."""
+    from slimline.loader import load
+
+    assert state.model is not None
+    program = state.src.program if state.src is not None else None
+    reloaded = load(state.spec.out, program=program)
+    x = state.data.x_val[:256]
+    with torch.no_grad():
+        diff = float((reloaded(x) - state.model(x)).abs().max())
+    reloaded_metrics = evaluate(reloaded, state.data, device=state.device)
+    state.verify = {
+        "max_abs_diff": diff,
+        "reloaded_metric": reloaded_metrics["metric"],
+        "equal": diff <= 1e-5 and abs(reloaded_metrics["metric"] - state.metrics["metric"]) < 1e-9,
+        "within_budget": state.file_bytes <= state.budget_bytes,
+    }
+    progress("verify", {"step": 1, "total": 1})
+
+
+STAGE_FUNCTIONS = {"inspect": inspect, "plan": plan, "fine-tune": finetune, "export": export,
+                   "verify": verify}
+
+
+def run_job(spec: JobSpec, progress: StageProgress | None = None) -> JobState:
+    """All stages, in order, timing each."""
+    state = JobState(spec=spec)
+    cb = progress or (lambda stage, event: None)
+    for name in STAGES:
+        t0 = time.perf_counter()
+        cb(name, {"event": "start"})
+        STAGE_FUNCTIONS[name](state, cb)
+        state.timings[name] = time.perf_counter() - t0
+        cb(name, {"event": "end", "seconds": state.timings[name]})
+    return state
