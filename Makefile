@@ -1,0 +1,37 @@
+# make demo : install into .venv and compress a small model on the embedded default
+# make test : install into .venv and run the whole test suite (what CI runs)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch first, pinned to the CPU build this machine carries, so nothing pulls a CUDA build.
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint typecheck bench-pack clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/slimline compress digits-cnn --data digits --budget 16x --out out/digits-cnn.slim.safetensors --report out/digits-cnn.report.json
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check slimline tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy slimline
+
+bench-pack: $(STAMP)
+	$(PY) -m bench.pack
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
