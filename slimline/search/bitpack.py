@@ -69,16 +69,17 @@ def pack_bits(values: np.ndarray | torch.Tensor, width: int) -> bytes:
             u = np.concatenate([u, np.zeros(pad, np.uint8)])
         if width == 1:
             return np.packbits(u, bitorder="little").tobytes()
-        u = u.reshape(-1, per)
-        out = u[:, 0].copy()
+        # strided 1-D slices: numpy is much slower on a [n, per] broadcast with tiny rows
+        out = u[0::per].copy()
         for j in range(1, per):
-            out |= u[:, j] << np.uint8(j * width)
+            out |= u[j::per] << np.uint8(j * width)
         return out.tobytes()
     return _pack_general(v, width, nbytes)
 
 
 def _pack_general(v: np.ndarray, width: int, nbytes: int) -> bytes:
-    """Any width <= 16: eight values fill exactly ``width`` bytes (two uint64 lanes)."""
+    """Any width <= 16: eight values fill exactly ``width`` bytes, built in one uint64 lane
+    (width <= 8) or two (bits 64..127 in the second)."""
     count = v.size
     pad = (-count) % 8
     u = v.astype(np.uint64)
@@ -86,20 +87,21 @@ def _pack_general(v: np.ndarray, width: int, nbytes: int) -> bytes:
         u = np.concatenate([u, np.zeros(pad, np.uint64)])
     u = u.reshape(-1, 8)
     groups = u.shape[0]
-    lanes = np.zeros((groups, 2), dtype=_U64)
-    lo, hi = lanes[:, 0], lanes[:, 1]
+    nlanes = 1 if width <= 8 else 2
+    lanes = np.zeros((groups, nlanes), dtype=_U64)
+    lo = lanes[:, 0]
     for j in range(8):
         off = j * width
         col = u[:, j]
         if off + width <= 64:
             lo |= col << np.uint64(off)
         elif off >= 64:
-            hi |= col << np.uint64(off - 64)
+            lanes[:, 1] |= col << np.uint64(off - 64)
         else:  # straddles the two lanes
             lo |= col << np.uint64(off)  # high bits fall off the uint64
-            hi |= col >> np.uint64(64 - off)
+            lanes[:, 1] |= col >> np.uint64(64 - off)
     # lanes are little-endian uint64s, so their bytes are the stream in order
-    stream = lanes.view(np.uint8).reshape(groups, 16)[:, :width]
+    stream = lanes.view(np.uint8).reshape(groups, 8 * nlanes)[:, :width]
     return stream.reshape(-1)[:nbytes].tobytes()
 
 
@@ -125,20 +127,23 @@ def unpack_bits(data: bytes | bytearray | memoryview, width: int, count: int) ->
         return np.unpackbits(buf, bitorder="little", count=count).astype(np.int64)
     if width in (2, 4):
         per = 8 // width
-        shifts = (np.arange(per, dtype=np.uint8) * np.uint8(width))
-        out = (buf[:, None] >> shifts) & np.uint8((1 << width) - 1)
-        return out.reshape(-1)[:count].astype(np.int64)
+        low = np.uint8((1 << width) - 1)
+        out = np.empty(buf.size * per, dtype=np.int64)
+        for j in range(per):
+            out[j::per] = (buf >> np.uint8(j * width)) & low
+        return out[:count]
     return _unpack_general(buf, width, count)
 
 
 def _unpack_general(buf: np.ndarray, width: int, count: int) -> np.ndarray:
     groups = -(-count // 8)
-    lanes = np.zeros((groups, 16), dtype=np.uint8)
-    flat = np.zeros(groups * width, dtype=np.uint8)
-    flat[: buf.size] = buf
-    lanes[:, :width] = flat.reshape(groups, width)
+    nlanes = 1 if width <= 8 else 2
+    if buf.size < groups * width:
+        buf = np.concatenate([buf, np.zeros(groups * width - buf.size, np.uint8)])
+    lanes = np.zeros((groups, 8 * nlanes), dtype=np.uint8)
+    lanes[:, :width] = buf.reshape(groups, width)
     lanes64 = lanes.view(_U64)
-    lo, hi = lanes64[:, 0], lanes64[:, 1]
+    lo = lanes64[:, 0]
     mask = np.uint64((1 << width) - 1)
     out = np.empty((groups, 8), dtype=np.int64)
     for j in range(8):
@@ -146,10 +151,10 @@ def _unpack_general(buf: np.ndarray, width: int, count: int) -> np.ndarray:
         if off + width <= 64:
             col = lo >> np.uint64(off)
         elif off >= 64:
-            col = hi >> np.uint64(off - 64)
+            col = lanes64[:, 1] >> np.uint64(off - 64)
         else:
-            col = (lo >> np.uint64(off)) | (hi << np.uint64(64 - off))
-        out[:, j] = (col & mask).astype(np.int64)
+            col = (lo >> np.uint64(off)) | (lanes64[:, 1] << np.uint64(64 - off))
+        out[:, j] = col & mask
     return out.reshape(-1)[:count]
 
 
@@ -179,19 +184,36 @@ def nm_ranks(mask: torch.Tensor | np.ndarray, n: int, m: int) -> np.ndarray:
         raise ValueError(f"an N:M mask is a 2-D bool array, got {a.ndim}-D {a.dtype}")
     if a.shape[1] % m:
         raise ValueError(f"N:M mask rows have {a.shape[1]} positions, not a multiple of m={m}")
-    groups = a.reshape(-1, m).astype(np.uint8)
-    ints = groups[:, 0].copy()
-    for j in range(1, m):
-        ints |= groups[:, j] << np.uint8(j)
+    ints = _group_ints(a.reshape(-1), m)
     ranks = mask_to_rank[ints]
     if ranks.size and ranks.min() < 0:
         bad = int(np.flatnonzero(ranks < 0)[0])
         row, g = divmod(bad, a.shape[1] // m)
-        raise ValueError(
-            f"N:M mask group {g} of row {row} keeps {int(groups[bad].sum())} of {m}, "
-            f"not exactly {n}"
-        )
+        kept = int(np.count_nonzero(a.reshape(-1, m)[bad]))
+        raise ValueError(f"N:M mask group {g} of row {row} keeps {kept} of {m}, not exactly {n}")
     return ranks.astype(np.int64)
+
+
+def _group_ints(flat: np.ndarray, m: int) -> np.ndarray:
+    """Each group of m (4 or 8) bools as an integer, bit j = position j (via np.packbits)."""
+    packed = np.packbits(flat, bitorder="little")  # one byte = 8 positions
+    if m == 8:
+        return packed
+    assert m == 4
+    groups = flat.size // 4
+    out = np.empty(2 * packed.size, dtype=np.uint8)
+    out[0::2] = packed & np.uint8(0xF)
+    out[1::2] = packed >> np.uint8(4)
+    return out[:groups]
+
+
+def _group_bits(ints: np.ndarray, m: int) -> np.ndarray:
+    """Inverse of `_group_ints`: bool [len(ints) * m]."""
+    if m == 4:
+        if ints.size % 2:
+            ints = np.concatenate([ints, np.zeros(1, np.uint8)])
+        ints = ints[0::2] | (ints[1::2] << np.uint8(4))
+    return np.unpackbits(ints, bitorder="little").view(bool)
 
 
 def pack_nm_pattern(mask: torch.Tensor | np.ndarray, n: int, m: int) -> bytes:
@@ -205,11 +227,23 @@ def unpack_nm_pattern(
     """Inverse of `pack_nm_pattern`: bool mask [rows, kp]."""
     if kp % m:
         raise ValueError(f"padded row length {kp} is not a multiple of m={m}")
-    _, rank_to_bits = nm_tables(n, m)
-    ranks = unpack_bits(data, nm_pattern_bits(n, m), rows * (kp // m))
-    if ranks.size and ranks.max() >= rank_to_bits.shape[0]:
+    groups = rows * (kp // m)
+    ranks = unpack_bits(data, nm_pattern_bits(n, m), groups)
+    rank_to_int = nm_rank_ints(n, m)
+    if ranks.size and ranks.max() >= rank_to_int.size:
         raise ValueError(
             f"N:M pattern code {int(ranks.max())} is out of range for {n}:{m} "
-            f"(C({m},{n}) = {rank_to_bits.shape[0]} patterns)"
+            f"(C({m},{n}) = {rank_to_int.size} patterns)"
         )
-    return torch.from_numpy(rank_to_bits[ranks].reshape(rows, kp))
+    bits = _group_bits(rank_to_int[ranks], m)[: groups * m]
+    return torch.from_numpy(bits.reshape(rows, kp))
+
+
+@cache
+def nm_rank_ints(n: int, m: int) -> np.ndarray:
+    """rank -> the group's mask as an integer (bit j = position j), uint8 [C(m, n)]."""
+    _, rank_to_bits = nm_tables(n, m)
+    out = (rank_to_bits.astype(np.uint8) << np.arange(m, dtype=np.uint8)).sum(1)
+    out = out.astype(np.uint8)
+    out.setflags(write=False)
+    return out

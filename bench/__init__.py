@@ -1,0 +1,1 @@
+"""Benchmark scripts (BENCHMARKS.md); run as `python -m bench.<name>`."""
