@@ -82,6 +82,7 @@ def write_checkpoint(
     head = _header_json(header, payload_bytes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint is a file to hand out
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(head)))
             f.write(head)

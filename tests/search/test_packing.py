@@ -246,6 +246,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     header, payload2 = read_checkpoint(path)
     assert header == HEADER and payload2 == payload
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_checkpoint_is_a_safetensors_file(tmp_path: Path) -> None:
