@@ -185,13 +185,14 @@ def nm_ranks(mask: torch.Tensor | np.ndarray, n: int, m: int) -> np.ndarray:
     if a.shape[1] % m:
         raise ValueError(f"N:M mask rows have {a.shape[1]} positions, not a multiple of m={m}")
     ints = _group_ints(a.reshape(-1), m)
-    ranks = mask_to_rank[ints]
+    ranks: np.ndarray = mask_to_rank[ints]
     if ranks.size and ranks.min() < 0:
         bad = int(np.flatnonzero(ranks < 0)[0])
         row, g = divmod(bad, a.shape[1] // m)
         kept = int(np.count_nonzero(a.reshape(-1, m)[bad]))
         raise ValueError(f"N:M mask group {g} of row {row} keeps {kept} of {m}, not exactly {n}")
-    return ranks.astype(np.int64)
+    out: np.ndarray = ranks.astype(np.int64)
+    return out
 
 
 def _group_ints(flat: np.ndarray, m: int) -> np.ndarray:
@@ -243,7 +244,7 @@ def unpack_nm_pattern(
 def nm_rank_ints(n: int, m: int) -> np.ndarray:
     """rank -> the group's mask as an integer (bit j = position j), uint8 [C(m, n)]."""
     _, rank_to_bits = nm_tables(n, m)
-    out = (rank_to_bits.astype(np.uint8) << np.arange(m, dtype=np.uint8)).sum(1)
-    out = out.astype(np.uint8)
+    weights = np.left_shift(1, np.arange(m))
+    out: np.ndarray = (rank_to_bits.astype(np.int64) @ weights).astype(np.uint8)
     out.setflags(write=False)
     return out
