@@ -28,7 +28,11 @@ _GRAPH_KINDS = {
     _aten.conv1d.default: "conv1d",
     _aten.conv2d.default: "conv2d",
 }
-_GRAPH_NORMS = {_aten.batch_norm.default, _aten._native_batch_norm_legit_no_training.default}
+_GRAPH_NORMS = {
+    _aten.batch_norm.default,
+    _aten._native_batch_norm_legit_no_training.default,
+    _aten._batch_norm_no_update.default,
+}
 
 
 @dataclass(frozen=True)
