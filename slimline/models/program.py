@@ -23,6 +23,7 @@ import inspect
 import math
 import operator
 import os
+import zipfile
 from typing import Any
 
 import torch
@@ -92,8 +93,6 @@ def load_program(path: str | os.PathLike[str], *, max_bytes: int | None = None) 
             field="program",
             value=size,
         )
-    import zipfile  # local: only this check needs it
-
     if not zipfile.is_zipfile(path):
         raise InvalidModel(
             f"{path!r} is not a torch.export .pt2 archive (not a zip file); export the model "
@@ -107,7 +106,7 @@ def load_program(path: str | os.PathLike[str], *, max_bytes: int | None = None) 
         # check_guards=False: the default exec()s the archive's guards_code (see _pt2_guard).
         if "check_guards" in inspect.signature(program.module).parameters:
             gm = program.module(check_guards=False)
-        else:  # torch < 2.9 has no guards code to run
+        else:  # older torch without the argument: re-audit its .module() before widening
             gm = program.module()
     except InvalidModel:
         raise
