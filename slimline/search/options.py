@@ -133,7 +133,7 @@ class LayerOption:
         if self.sparsity == "nm":
             head = f"nm{self.n}:{self.m}"
         elif self.sparsity == "unstructured":
-            head = f"un{self.density:.6g}"
+            head = f"un{self.density!r}"  # repr round-trips the float exactly
         else:
             head = "dense"
         parts = [head, f"b{self.bits}"]
