@@ -28,10 +28,11 @@ class Budget:
         if (self.bytes is None) == (self.ratio is None):
             raise InvalidBudget("a budget is either bytes or a ratio", field="budget")
         if self.bytes is not None and self.bytes <= 0:
-            raise InvalidBudget(f"budget must be positive, got {self.bytes} bytes",
+            raise InvalidBudget(f"budget must be positive, got {self.bytes} bytes; expected {ACCEPTED}",
                                 field="budget", value=self.bytes)
         if self.ratio is not None and not (math.isfinite(self.ratio) and self.ratio >= 1.0):
-            raise InvalidBudget(f"a ratio budget must be at least 1x, got {self.ratio}x",
+            raise InvalidBudget(f"a ratio budget must be at least 1x, got {self.ratio}x; "
+                                f"expected {ACCEPTED}",
                                 field="budget", value=self.ratio)
 
     def resolve(self, dense_bytes: int) -> int:
@@ -63,5 +64,6 @@ def parse_budget(text: str | int) -> Budget:
                             field="budget", value=text)
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if not math.isfinite(value) or value < 1:
-        raise InvalidBudget(f"budget {text!r} is below one byte", field="budget", value=text)
+        raise InvalidBudget(f"budget {text!r} is below one byte or not finite; expected {ACCEPTED}",
+                            field="budget", value=text)
     return Budget(bytes=int(value))

@@ -122,10 +122,12 @@ def header_reserve(state: JobState) -> int:
     return reserve_header_bytes(header, 10**12)
 
 
-def smallest_bytes(state: JobState) -> int:
-    """The smallest file any plan can give: every layer removed (bias and folded norm only)."""
-    layers = sum(layer_bytes(REMOVED, g).total for g in state.geoms)
-    return layers + state.other_bytes + state.header_reserve
+def smallest_bytes(state: JobState) -> tuple[int, int]:
+    """(smallest file any plan gives: every layer removed, smallest file the job's method
+    reaches) — both from the architecture alone."""
+    fixed = state.other_bytes + state.header_reserve
+    floor = sum(layer_bytes(REMOVED, g).total for g in state.geoms) + fixed
+    return floor, get_method(state.spec.method).min_layer_bytes(state.geoms) + fixed
 
 
 def inspect(state: JobState, progress: StageProgress) -> None:
@@ -141,12 +143,17 @@ def inspect(state: JobState, progress: StageProgress) -> None:
     state.other_bytes = other_stored_bytes(model, state.geoms)
     state.budget_bytes = spec.budget.resolve(state.dense_bytes)
     state.header_reserve = header_reserve(state)
-    floor = smallest_bytes(state)
-    if state.budget_bytes < floor:
+    floor, method_floor = smallest_bytes(state)
+    if state.budget_bytes < max(floor, method_floor):
+        by_method = (
+            f"; the {spec.method} method reaches {method_floor} bytes at best"
+            if method_floor > floor else ""
+        )
         raise InfeasibleBudget(
             f"budget {spec.budget} = {state.budget_bytes} bytes is below the smallest size "
-            f"slimline can reach for {state.src.label}: {floor} bytes (dense checkpoint "
-            f"{state.dense_bytes} bytes, at most {state.dense_bytes / floor:.1f}x)",
+            f"slimline can reach for {state.src.label}: {floor} bytes{by_method} (dense "
+            f"checkpoint {state.dense_bytes} bytes, at most "
+            f"{state.dense_bytes / max(floor, method_floor):.1f}x)",
             field="budget", value=state.budget_bytes,
         )
     state.data = load_dataset(spec.data, spec.data_root)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from slimline.errors import InvalidOption
+from slimline.search.accounting import layer_bytes
 from slimline.search.layers import LayerGeometry
-from slimline.search.options import Plan
+from slimline.search.options import REMOVED, Plan
 from slimline.search.training import Progress, TrainData
 
 
@@ -41,6 +42,11 @@ class SearchMethod(ABC):
     @abstractmethod
     def propose(self, ctx: SearchContext) -> Plan:
         """A plan for every layer in ``ctx.geoms`` whose exact bytes fit ``ctx.layer_budget``."""
+
+    def min_layer_bytes(self, geoms: list[LayerGeometry]) -> int:
+        """The fewest layer bytes this method can reach, from the architecture alone, so an
+        infeasible budget is refused before any training. Default: every layer removed."""
+        return sum(layer_bytes(REMOVED, g).total for g in geoms)
 
 
 _REGISTRY: dict[str, type[SearchMethod]] = {}

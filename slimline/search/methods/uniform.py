@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from slimline.errors import InfeasibleBudget
 from slimline.search.accounting import layer_bytes
+from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import BITS, DENSITIES, NM_PATTERNS, LayerOption, Plan
@@ -30,6 +31,10 @@ def uniform_candidates() -> list[LayerOption]:
 @register
 class UniformMethod(SearchMethod):
     name = "uniform"
+
+    def min_layer_bytes(self, geoms: list[LayerGeometry]) -> int:
+        # the position-code bound stands in for the exact (mask-dependent) unstructured cost
+        return min(sum(layer_bytes(o, g).total for g in geoms) for o in uniform_candidates())
 
     def propose(self, ctx: SearchContext) -> Plan:
         costed = []

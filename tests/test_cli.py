@@ -1,0 +1,128 @@
+"""`slimline compress` end to end on the embedded default, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import slimline
+from slimline.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["compress", *args, "--cache-dir", str(cache_dir)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_compress_digits_16x_end_to_end(tmp_path: Path, cache_dir: Path) -> None:
+    """The README's demo job through the real entry point, in a subprocess."""
+    out, report = tmp_path / "d.safetensors", tmp_path / "d.json"
+    env = {**os.environ, "SLIMLINE_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "slimline.cli", "compress", "digits-cnn", "--data", "digits",
+         "--budget", "16x", "--out", str(out), "--report", str(report)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(report.read_text())
+    assert out.stat().st_size == r["file_bytes"] <= r["budget_bytes"] == r["dense_bytes"] // 16
+    assert r["planned_bytes"] == r["file_bytes"]
+    assert r["ratio"] >= 16.0
+    assert r["verify"]["equal"] and r["verify"]["max_abs_diff"] <= 1e-5
+    assert r["retention"] > 0.9  # a 16x uniform plan on digits keeps most of the accuracy
+    for key in ("budget_bytes", "dense_bytes", "planned_bytes", "file_bytes", "ratio",
+                "dense_metric", "metric", "retention", "method", "layers", "timings"):
+        assert key in r
+    assert sum(layer["bytes"] for layer in r["layers"]) + r["other_bytes"] == r["payload_bytes"]
+    assert "[fine-tune]" in proc.stderr and "within budget" in proc.stdout
+    model = slimline.load(out)
+    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_unknown_model(cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["resnet999", "--data", "digits", "--budget", "16x"], cache_dir, capsys)
+    assert code == 2
+    assert "error[invalid_model]" in err and "resnet999" in err and "lenet5" in err
+    assert "Traceback" not in err
+
+
+def test_unreadable_pt2(tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"this is not an archive")
+    code, _, err = run_cli([str(bad), "--data", "digits", "--budget", "16x"], cache_dir, capsys)
+    assert code == 2 and "error[invalid_model]" in err and "Traceback" not in err
+
+
+class _Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.mkdir, (str(Path(os.environ["EVIL_MARK"])),))
+
+
+def test_pickle_model_is_refused_and_never_run(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mark = tmp_path / "pwned"
+    monkeypatch.setenv("EVIL_MARK", str(mark))
+    evil = tmp_path / "model.pt2"
+    evil.write_bytes(pickle.dumps(_Evil()))
+    code, _, err = run_cli([str(evil), "--data", "digits", "--budget", "16x"], cache_dir, capsys)
+    assert code == 2 and "error[invalid_model]" in err
+    assert not mark.exists()
+
+
+@pytest.mark.parametrize("budget", ["20y", "-5", "abc", "0.5x", "1e400"])
+def test_malformed_budget(budget: str, cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["digits-cnn", "--data", "digits", "--budget", budget], cache_dir, capsys)
+    assert code == 2 and "error[invalid_budget]" in err and "'20x'" in err
+
+
+def test_infeasible_budget_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty_cache = tmp_path / "cache"
+    code, _, err = run_cli(["lenet5", "--data", "mnist", "--budget", "100B", "--data-root",
+                            str(tmp_path / "no-such-root")], empty_cache, capsys)
+    assert code == 2 and "error[infeasible_budget]" in err
+    assert "100 bytes" in err and "smallest size" in err
+    assert not empty_cache.exists()  # nothing was trained or cached (and no data was needed)
+
+
+def test_uniform_method_infeasible_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # above the all-removed floor but below every uniform option
+    empty_cache = tmp_path / "cache"
+    code, _, err = run_cli(["digits-cnn", "--data", "digits", "--budget", "1200"], empty_cache, capsys)
+    assert code == 2 and "error[infeasible_budget]" in err
+    assert "the uniform method reaches" in err
+    assert not empty_cache.exists()
+
+
+def test_bad_dataset_file(tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d.npz"
+    x = np.random.rand(20, 1, 8, 8).astype(np.float32)
+    x[3, 0, 0, 0] = np.nan
+    y = np.zeros(20, dtype=np.int64)
+    np.savez(data, x_train=x, y_train=y, x_val=x, y_val=y)
+    code, _, err = run_cli(["digits-cnn", "--data", str(data), "--budget", "16x"], cache_dir, capsys)
+    assert code == 2 and "error[invalid_data]" in err and "NaN" in err
+
+
+def test_dataset_that_does_not_fit_the_model(tmp_path: Path, cache_dir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d.npz"
+    x = np.random.rand(20, 3, 5, 5).astype(np.float32)
+    y = np.zeros(20, dtype=np.int64)
+    np.savez(data, x_train=x, y_train=y, x_val=x, y_val=y)
+    code, _, err = run_cli(["digits-cnn", "--data", str(data), "--budget", "16x"], cache_dir, capsys)
+    assert code == 2 and "error[invalid_data]" in err and "(3, 5, 5)" in err
