@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(args: list[str], cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(["compress", *args, "--cache-dir", str(cache_dir)])
+    out = cache_dir.parent / "out.safetensors"
+    code = main(["compress", *args, "--cache-dir", str(cache_dir), "--out", str(out)])
     out, err = capsys.readouterr()
     return code, out, err
 
