@@ -48,8 +48,15 @@ def make_payload(rows: int, cols: int, seed: int = 0) -> LayerPayload:
     kept = rows * cols // 2
     codes = torch.randint(0, 16, (kept,), generator=g)
     scales = (torch.rand(rows, 1, generator=g) * 0.1 + 1e-3).half()
-    return LayerPayload(name="bench", option=opt, shape=(rows, cols), mask=mask, codes=codes,
-                        scales=scales, bias=None)
+    return LayerPayload(
+        name="bench",
+        option=opt,
+        shape=(rows, cols),
+        mask=mask,
+        codes=codes,
+        scales=scales,
+        bias=None,
+    )
 
 
 def run(rows: int, cols: int, repeat: int) -> dict[str, Any]:
@@ -73,20 +80,29 @@ def run(rows: int, cols: int, repeat: int) -> dict[str, Any]:
     copy_bps = total_bytes / t_copy
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "numpy": np.__version__,
-                    "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "layer": {"shape": [rows, cols], "option": opt.to_str(), "weights": weights},
-        "streams": dict(zip(("values", "index", "scales", "bias"), streams.lengths(),
-                            strict=True)),
+        "streams": dict(zip(("values", "index", "scales", "bias"), streams.lengths(), strict=True)),
         "bytes": total_bytes,
         "bits_per_weight": 8 * total_bytes / weights,
         "bits_per_weight_formula": bits_formula,
         "seconds": {"pack": t_pack, "unpack": t_unpack, "dequantize": t_deq, "copy": t_copy},
-        "weights_per_s": {"pack": weights / t_pack, "unpack": weights / t_unpack,
-                          "unpack+dequantize": weights / (t_unpack + t_deq)},
-        "bytes_per_s": {"pack": total_bytes / t_pack, "unpack": total_bytes / t_unpack,
-                        "copy": copy_bps},
+        "weights_per_s": {
+            "pack": weights / t_pack,
+            "unpack": weights / t_unpack,
+            "unpack+dequantize": weights / (t_unpack + t_deq),
+        },
+        "bytes_per_s": {
+            "pack": total_bytes / t_pack,
+            "unpack": total_bytes / t_unpack,
+            "copy": copy_bps,
+        },
         "slowdown_vs_copy": {"pack": t_pack / t_copy, "unpack": t_unpack / t_copy},
     }
 

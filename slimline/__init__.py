@@ -20,5 +20,3 @@ def load(path: str | os.PathLike[str], program: str | os.PathLike[str] | None = 
     from slimline.loader import load as _load
 
     return _load(path, program=program)
-
-

@@ -56,10 +56,19 @@ def _compress(args: argparse.Namespace) -> int:
     if not isinstance(config, dict):
         raise SlimlineError("--config must be a JSON object", field="config")
     spec = JobSpec(
-        model=args.model, data=args.data, budget=parse_budget(args.budget),
-        method=args.method, epochs=args.epochs, seed=args.seed, data_root=args.data_root,
-        weights=args.weights, config=config, out=Path(args.out), device=args.device,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None, max_steps=args.max_steps,
+        model=args.model,
+        data=args.data,
+        budget=parse_budget(args.budget),
+        method=args.method,
+        epochs=args.epochs,
+        seed=args.seed,
+        data_root=args.data_root,
+        weights=args.weights,
+        config=config,
+        out=Path(args.out),
+        device=args.device,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        max_steps=args.max_steps,
     )
     state = run_job(spec, StageBar(quiet=args.json))
     report = build_report(state)
@@ -74,22 +83,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="compress a model into a size budget, locally")
     c.add_argument("model", help="a zoo model name (lenet5, digits-cnn, ...) or a .pt2 file")
-    c.add_argument("--data", required=True,
-                   help="a named dataset (mnist, digits, pycode, cifar10) or a .npz/.safetensors")
-    c.add_argument("--budget", required=True,
-                   help="file size in bytes (60000, 60KB, 1.5MB) or a ratio of the dense size (20x)")
-    c.add_argument("--data-root", default=None, help="folder of named datasets "
-                   "(default: $SLIMLINE_DATA_ROOT)")
+    c.add_argument(
+        "--data",
+        required=True,
+        help="a named dataset (mnist, digits, pycode, cifar10) or a .npz/.safetensors",
+    )
+    c.add_argument(
+        "--budget",
+        required=True,
+        help="file size in bytes (60000, 60KB, 1.5MB) or a ratio of the dense size (20x)",
+    )
+    c.add_argument(
+        "--data-root", default=None, help="folder of named datasets (default: $SLIMLINE_DATA_ROOT)"
+    )
     c.add_argument("--method", default="uniform", help="search method (default: uniform)")
     c.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs")
     c.add_argument("--max-steps", type=int, default=None, help="cap on fine-tuning steps")
-    c.add_argument("--weights", default=None, help="safetensors weights for a zoo model "
-                   "(without: the dense model is trained once and cached)")
+    c.add_argument(
+        "--weights",
+        default=None,
+        help="safetensors weights for a zoo model "
+        "(without: the dense model is trained once and cached)",
+    )
     c.add_argument("--config", default=None, help="zoo model config as JSON")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    c.add_argument("--cache-dir", default=None, help="dense-model cache "
-                   "(default: $SLIMLINE_CACHE_DIR or ~/.cache/slimline)")
+    c.add_argument(
+        "--cache-dir",
+        default=None,
+        help="dense-model cache (default: $SLIMLINE_CACHE_DIR or ~/.cache/slimline)",
+    )
     c.add_argument("--out", default="model.slim.safetensors", help="checkpoint path")
     c.add_argument("--report", default=None, help="also write the JSON report here")
     c.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -50,13 +50,15 @@ def build_skeleton(arch: dict[str, object], program: str | os.PathLike[str] | No
             raise InvalidCheckpoint(
                 f"program {program} has sha256 {digest[:12]}..., but the checkpoint was made "
                 f"from {str(arch['pt2'])[:12]}...: pass the same .pt2 that was compressed",
-                field="program", value=str(program),
+                field="program",
+                value=str(program),
             )
         from slimline.models.program import load_program
 
         return load_program(program)
-    raise InvalidCheckpoint(f"checkpoint arch {arch!r} names neither a zoo model nor a .pt2",
-                            field="arch")
+    raise InvalidCheckpoint(
+        f"checkpoint arch {arch!r} names neither a zoo model nor a .pt2", field="arch"
+    )
 
 
 def load(path: str | os.PathLike[str], program: str | os.PathLike[str] | None = None) -> nn.Module:

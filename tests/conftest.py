@@ -13,7 +13,9 @@ DATA_ROOT = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA_ROOT / "mnist").is_dir():
-        pytest.fail(f"real test data missing: expected {DATA_ROOT} (../shared/data beside the repo)")
+        pytest.fail(
+            f"real test data missing: expected {DATA_ROOT} (../shared/data beside the repo)"
+        )
     return DATA_ROOT
 
 

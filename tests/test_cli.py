@@ -19,7 +19,9 @@ from slimline.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(args: list[str], cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+def run_cli(
+    args: list[str], cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
     out = cache_dir.parent / "out.safetensors"
     code = main(["compress", *args, "--cache-dir", str(cache_dir), "--out", str(out)])
     out, err = capsys.readouterr()
@@ -32,9 +34,26 @@ def test_compress_digits_16x_end_to_end(tmp_path: Path, cache_dir: Path) -> None
     out, report = tmp_path / "d.safetensors", tmp_path / "d.json"
     env = {**os.environ, "SLIMLINE_CACHE_DIR": str(cache_dir)}
     proc = subprocess.run(
-        [sys.executable, "-m", "slimline.cli", "compress", "digits-cnn", "--data", "digits",
-         "--budget", "16x", "--out", str(out), "--report", str(report)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "slimline.cli",
+            "compress",
+            "digits-cnn",
+            "--data",
+            "digits",
+            "--budget",
+            "16x",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(report.read_text())
@@ -43,8 +62,19 @@ def test_compress_digits_16x_end_to_end(tmp_path: Path, cache_dir: Path) -> None
     assert r["ratio"] >= 16.0
     assert r["verify"]["equal"] and r["verify"]["max_abs_diff"] <= 1e-5
     assert r["retention"] > 0.9  # a 16x uniform plan on digits keeps most of the accuracy
-    for key in ("budget_bytes", "dense_bytes", "planned_bytes", "file_bytes", "ratio",
-                "dense_metric", "metric", "retention", "method", "layers", "timings"):
+    for key in (
+        "budget_bytes",
+        "dense_bytes",
+        "planned_bytes",
+        "file_bytes",
+        "ratio",
+        "dense_metric",
+        "metric",
+        "retention",
+        "method",
+        "layers",
+        "timings",
+    ):
         assert key in r
     assert sum(layer["bytes"] for layer in r["layers"]) + r["other_bytes"] == r["payload_bytes"]
     assert "[fine-tune]" in proc.stderr and "within budget" in proc.stdout
@@ -59,7 +89,9 @@ def test_unknown_model(cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "Traceback" not in err
 
 
-def test_unreadable_pt2(tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_pt2(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.pt2"
     bad.write_bytes(b"this is not an archive")
     code, _, err = run_cli([str(bad), "--data", "digits", "--budget", "16x"], cache_dir, capsys)
@@ -72,7 +104,10 @@ class _Evil:
 
 
 def test_pickle_model_is_refused_and_never_run(
-    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    cache_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     mark = tmp_path / "pwned"
     monkeypatch.setenv("EVIL_MARK", str(mark))
@@ -85,7 +120,9 @@ def test_pickle_model_is_refused_and_never_run(
 
 @pytest.mark.parametrize("budget", ["20y", "-5", "abc", "0.5x", "1e400"])
 def test_malformed_budget(budget: str, cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["digits-cnn", "--data", "digits", "--budget", budget], cache_dir, capsys)
+    code, _, err = run_cli(
+        ["digits-cnn", "--data", "digits", "--budget", budget], cache_dir, capsys
+    )
     assert code == 2 and "error[invalid_budget]" in err and "'20x'" in err
 
 
@@ -93,37 +130,104 @@ def test_infeasible_budget_fails_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     empty_cache = tmp_path / "cache"
-    code, _, err = run_cli(["lenet5", "--data", "mnist", "--budget", "100B", "--data-root",
-                            str(tmp_path / "no-such-root")], empty_cache, capsys)
+    code, _, err = run_cli(
+        [
+            "lenet5",
+            "--data",
+            "mnist",
+            "--budget",
+            "100B",
+            "--data-root",
+            str(tmp_path / "no-such-root"),
+        ],
+        empty_cache,
+        capsys,
+    )
     assert code == 2 and "error[infeasible_budget]" in err
     assert "100 bytes" in err and "smallest size" in err
     assert not empty_cache.exists()  # nothing was trained or cached (and no data was needed)
 
 
-def test_uniform_method_infeasible_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_uniform_method_infeasible_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # above the all-removed floor but below every uniform option
     empty_cache = tmp_path / "cache"
-    code, _, err = run_cli(["digits-cnn", "--data", "digits", "--budget", "1200"], empty_cache, capsys)
+    code, _, err = run_cli(
+        ["digits-cnn", "--data", "digits", "--budget", "1200"], empty_cache, capsys
+    )
     assert code == 2 and "error[infeasible_budget]" in err
     assert "the uniform method reaches" in err
     assert not empty_cache.exists()
 
 
-def test_bad_dataset_file(tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_dataset_file(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "d.npz"
     x = np.random.rand(20, 1, 8, 8).astype(np.float32)
     x[3, 0, 0, 0] = np.nan
     y = np.zeros(20, dtype=np.int64)
     np.savez(data, x_train=x, y_train=y, x_val=x, y_val=y)
-    code, _, err = run_cli(["digits-cnn", "--data", str(data), "--budget", "16x"], cache_dir, capsys)
+    code, _, err = run_cli(
+        ["digits-cnn", "--data", str(data), "--budget", "16x"], cache_dir, capsys
+    )
     assert code == 2 and "error[invalid_data]" in err and "NaN" in err
 
 
-def test_dataset_that_does_not_fit_the_model(tmp_path: Path, cache_dir: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_dataset_that_does_not_fit_the_model(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "d.npz"
     x = np.random.rand(20, 3, 5, 5).astype(np.float32)
     y = np.zeros(20, dtype=np.int64)
     np.savez(data, x_train=x, y_train=y, x_val=x, y_val=y)
-    code, _, err = run_cli(["digits-cnn", "--data", str(data), "--budget", "16x"], cache_dir, capsys)
+    code, _, err = run_cli(
+        ["digits-cnn", "--data", str(data), "--budget", "16x"], cache_dir, capsys
+    )
     assert code == 2 and "error[invalid_data]" in err and "(3, 5, 5)" in err
+
+
+@pytest.mark.slow
+def test_compress_a_pt2_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's torch.export program (with BatchNorm, trained through the graph) end to end."""
+    from torch import nn
+
+    from slimline.models.program import export_program
+
+    torch.manual_seed(0)
+    user_model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 10),
+    ).eval()
+    program = tmp_path / "user.pt2"
+    export_program(user_model, torch.randn(2, 1, 8, 8), program)
+    out, report = tmp_path / "u.safetensors", tmp_path / "u.json"
+    code = main(
+        [
+            "compress",
+            str(program),
+            "--data",
+            "digits",
+            "--budget",
+            "6x",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(report.read_text())
+    assert r["file_bytes"] <= r["budget_bytes"] and r["verify"]["equal"]
+    assert r["weights_source"] == "program"
+    assert any(layer["folded_norm"] for layer in r["layers"])
+    model = slimline.load(out, program=program)
+    assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 10)

@@ -18,12 +18,21 @@ def build_report(state: JobState) -> dict[str, Any]:
     layers = []
     for g in state.geoms:
         b = state.planned.layers[g.name]
-        layers.append({
-            "name": g.name, "kind": g.kind, "shape": list(g.shape),
-            "option": state.plan[g.name].to_str(), "bytes": b.total, "values": b.values,
-            "index": b.index, "scales": b.scales, "bias": b.bias,
-            "dense_bytes": dense_layer_bytes(g), "folded_norm": g.norm,
-        })
+        layers.append(
+            {
+                "name": g.name,
+                "kind": g.kind,
+                "shape": list(g.shape),
+                "option": state.plan[g.name].to_str(),
+                "bytes": b.total,
+                "values": b.values,
+                "index": b.index,
+                "scales": b.scales,
+                "bias": b.bias,
+                "dense_bytes": dense_layer_bytes(g),
+                "folded_norm": g.norm,
+            }
+        )
     weight_bits = sum(32 * g.numel for g in state.geoms)
     value_bits = sum(8 * state.planned.layers[g.name].values for g in state.geoms)
     report: dict[str, Any] = {
@@ -88,7 +97,8 @@ def render_report(r: dict[str, Any]) -> str:
         f"{100 * r['retention']:.2f}%)",
         f"verify    reloaded file equals trained model: {r['verify'].get('equal')} "
         f"(max abs diff {r['verify'].get('max_abs_diff', float('nan')):.2e})",
-        "time      " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings"].items())
+        "time      "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings"].items())
         + f"; total {r['total_seconds']:.1f}s",
         f"checkpoint {r['checkpoint']}",
     ]

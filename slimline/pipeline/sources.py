@@ -72,28 +72,37 @@ class ModelSource:
 
 
 def resolve_model(
-    spec: str, *, config: Mapping[str, Any] | None = None, weights: str | os.PathLike[str] | None = None
+    spec: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    weights: str | os.PathLike[str] | None = None,
 ) -> ModelSource:
     """A zoo name or a path to a ``.pt2``; the error lists both kinds of accepted value."""
     from slimline.models.zoo import zoo_names
 
     if spec in zoo_names():
         if weights is not None and not Path(weights).is_file():
-            raise InvalidModel(f"weights file {weights} does not exist", field="weights",
-                               value=str(weights))
-        return ModelSource(zoo=spec, config=dict(config or {}),
-                           weights=Path(weights) if weights else None)
+            raise InvalidModel(
+                f"weights file {weights} does not exist", field="weights", value=str(weights)
+            )
+        return ModelSource(
+            zoo=spec, config=dict(config or {}), weights=Path(weights) if weights else None
+        )
     path = Path(spec)
     if path.suffix == ".pt2" or path.is_file():
         if not path.is_file():
             raise InvalidModel(f"model file {spec} does not exist", field="model", value=spec)
         if weights is not None or config:
-            raise InvalidModel("--weights and --config apply to zoo models, not to a .pt2 "
-                               "(its weights are inside the program)", field="weights")
+            raise InvalidModel(
+                "--weights and --config apply to zoo models, not to a .pt2 "
+                "(its weights are inside the program)",
+                field="weights",
+            )
         return ModelSource(program=path)
     raise InvalidModel(
         f"model {spec!r} is neither a zoo model ({', '.join(zoo_names())}) nor a .pt2 file",
-        field="model", value=spec,
+        field="model",
+        value=spec,
     )
 
 
@@ -117,7 +126,8 @@ def task_of(src: ModelSource, model: nn.Module, data: TrainData) -> str:
         if task != data.task:
             raise InvalidData(
                 f"model {src.zoo} is a {task} model but the data is for {data.task}",
-                field="data", value=data.task,
+                field="data",
+                value=data.task,
             )
         return task
     return data.task
@@ -133,25 +143,37 @@ def check_data_fits(model: nn.Module, data: TrainData, label: str) -> None:
         raise InvalidData(
             f"model {label} cannot run on the data's inputs of shape {tuple(x.shape[1:])} "
             f"and dtype {x.dtype}: {str(exc).splitlines()[0][:200]}",
-            field="data", value=list(x.shape[1:]),
+            field="data",
+            value=list(x.shape[1:]),
         ) from None
     classes = int(max(int(data.y_train.max()), int(data.y_val.max()))) + 1
     if out.shape[-1] < classes:
         raise InvalidData(
             f"model {label} has {out.shape[-1]} outputs but the data has labels up to "
-            f"{classes - 1}", field="data", value=classes,
+            f"{classes - 1}",
+            field="data",
+            value=classes,
         )
 
 
 def dense_cache_key(src: ModelSource, data_spec: str, seed: int, recipe: TrainConfig) -> str:
-    blob = json.dumps({"arch": src.arch(), "data": data_spec, "seed": seed,
-                       "recipe": asdict(recipe), "v": 1}, sort_keys=True)
+    blob = json.dumps(
+        {"arch": src.arch(), "data": data_spec, "seed": seed, "recipe": asdict(recipe), "v": 1},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_dense_weights(
-    src: ModelSource, model: nn.Module, data: TrainData, *, data_spec: str, seed: int,
-    cache_dir: Path, device: torch.device, progress: Progress | None = None,
+    src: ModelSource,
+    model: nn.Module,
+    data: TrainData,
+    *,
+    data_spec: str,
+    seed: int,
+    cache_dir: Path,
+    device: torch.device,
+    progress: Progress | None = None,
 ) -> str:
     """Give ``model`` its dense weights; returns where they came from (for the report)."""
     from safetensors.torch import load_file, save_file
@@ -166,7 +188,9 @@ def load_dense_weights(
         return str(src.weights)
     recipe = DENSE_RECIPES.get(src.zoo, TrainConfig(epochs=10))
     recipe = TrainConfig(**{**asdict(recipe), "seed": seed})
-    path = cache_dir / f"dense-{src.zoo}-{dense_cache_key(src, data_spec, seed, recipe)}.safetensors"
+    path = (
+        cache_dir / f"dense-{src.zoo}-{dense_cache_key(src, data_spec, seed, recipe)}.safetensors"
+    )
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return f"cache:{path}"

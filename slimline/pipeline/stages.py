@@ -21,6 +21,16 @@ from torch import nn
 
 from slimline.budget import Budget
 from slimline.errors import InfeasibleBudget
+from slimline.pipeline.sources import (
+    DEFAULT_FINETUNE,
+    FINETUNE_RECIPES,
+    ModelSource,
+    build_skeleton,
+    check_data_fits,
+    default_cache_dir,
+    load_dense_weights,
+    task_of,
+)
 from slimline.search.accounting import ModelBytes, layer_bytes, plan_bytes
 from slimline.search.compressed import apply_plan
 from slimline.search.export import (
@@ -37,23 +47,14 @@ from slimline.search.methods import SearchContext, get_method
 from slimline.search.options import REMOVED, LayerOption, Plan
 from slimline.search.position_codes import position_stream_bytes
 from slimline.search.training import TrainConfig, evaluate, pick_device, train
-from slimline.pipeline.sources import (
-    DEFAULT_FINETUNE,
-    FINETUNE_RECIPES,
-    ModelSource,
-    build_skeleton,
-    check_data_fits,
-    default_cache_dir,
-    load_dense_weights,
-    task_of,
-)
 
 StageProgress = Callable[[str, dict[str, Any]], None]
 STAGES = ("inspect", "plan", "fine-tune", "export", "verify")
 # The longest option string and position length a header can hold: reserving for them before
 # the plan exists means the real header never outgrows the reserve.
-_WIDEST_OPTION = LayerOption(sparsity="unstructured", density=0.046875, bits=8,
-                             granularity="group", group_size=128)
+_WIDEST_OPTION = LayerOption(
+    sparsity="unstructured", density=0.046875, bits=8, granularity="group", group_size=128
+)
 
 
 @dataclass
@@ -105,8 +106,11 @@ class JobState:
 
 def dense_checkpoint_bytes(model: nn.Module) -> int:
     """Size of the model's fp32 safetensors checkpoint: the ratio's numerator."""
-    state = {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
-             for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     return len(safetensors_bytes(state))
 
 
@@ -114,7 +118,9 @@ def header_reserve(state: JobState) -> int:
     """Bytes the container header may take, reserved before the plan is known."""
     widest = Plan.uniform([g.name for g in state.geoms], _WIDEST_OPTION)
     header = build_header(
-        arch=state.src.arch(), task=state.task or "classify", plan=widest,  # type: ignore[union-attr]
+        arch=state.src.arch(),
+        task=state.task or "classify",
+        plan=widest,  # type: ignore[union-attr]
         positions={g.name: 10**9 for g in state.geoms},
         metrics={"metric": -1.0, "dense_metric": -1.0},
         accounting={"payload": 10**12, "dense": 10**12},
@@ -147,21 +153,28 @@ def inspect(state: JobState, progress: StageProgress) -> None:
     if state.budget_bytes < max(floor, method_floor):
         by_method = (
             f"; the {spec.method} method reaches {method_floor} bytes at best"
-            if method_floor > floor else ""
+            if method_floor > floor
+            else ""
         )
         raise InfeasibleBudget(
             f"budget {spec.budget} = {state.budget_bytes} bytes is below the smallest size "
             f"slimline can reach for {state.src.label}: {floor} bytes{by_method} (dense "
             f"checkpoint {state.dense_bytes} bytes, at most "
             f"{state.dense_bytes / max(floor, method_floor):.1f}x)",
-            field="budget", value=state.budget_bytes,
+            field="budget",
+            value=state.budget_bytes,
         )
     state.data = load_dataset(spec.data, spec.data_root)
     state.task = task_of(state.src, model, state.data)
     check_data_fits(model, state.data, state.src.label)
     state.weights_source = load_dense_weights(
-        state.src, model, state.data, data_spec=spec.data, seed=spec.seed,
-        cache_dir=spec.cache_dir or default_cache_dir(), device=state.device,
+        state.src,
+        model,
+        state.data,
+        data_spec=spec.data,
+        seed=spec.seed,
+        cache_dir=spec.cache_dir or default_cache_dir(),
+        device=state.device,
         progress=lambda e: progress("inspect", e),
     )
     state.model = model.cpu()
@@ -173,14 +186,18 @@ def plan(state: JobState, progress: StageProgress) -> None:
     assert state.model is not None
     method = get_method(state.spec.method)
     ctx = SearchContext(
-        model=state.model, geoms=state.geoms, data=state.data,
-        payload_budget=state.budget_bytes - state.header_reserve, other_bytes=state.other_bytes,
+        model=state.model,
+        geoms=state.geoms,
+        data=state.data,
+        payload_budget=state.budget_bytes - state.header_reserve,
+        other_bytes=state.other_bytes,
         progress=lambda e: progress("plan", e),
     )
     state.plan = method.propose(ctx)
     state.positions = exact_positions(state.model, state.geoms, state.plan)
-    state.planned = plan_bytes(state.plan, state.geoms, state.other_bytes, 0,
-                               position_bytes=state.positions)
+    state.planned = plan_bytes(
+        state.plan, state.geoms, state.other_bytes, 0, position_bytes=state.positions
+    )
     assert state.planned.payload + state.header_reserve <= state.budget_bytes, "method over budget"
     progress("plan", {"step": 1, "total": 1})
 
@@ -217,8 +234,13 @@ def finetune(state: JobState, progress: StageProgress) -> None:
     cfg = finetune_config(state)
     if cfg.epochs > 0:
         torch.manual_seed(state.spec.seed)
-        state.losses = train(state.model, state.data, cfg, device=state.device,
-                             progress=lambda e: progress("fine-tune", e))
+        state.losses = train(
+            state.model,
+            state.data,
+            cfg,
+            device=state.device,
+            progress=lambda e: progress("fine-tune", e),
+        )
     state.model.cpu()
 
 
@@ -228,7 +250,9 @@ def export(state: JobState, progress: StageProgress) -> None:
     state.metrics = evaluate(state.model, state.data, device=state.device)
     state.model.cpu()
     header = build_header(
-        arch=state.src.arch(), task=state.task, plan=state.plan,  # type: ignore[union-attr]
+        arch=state.src.arch(),
+        task=state.task,
+        plan=state.plan,  # type: ignore[union-attr]
         positions=state.positions,
         metrics={"metric": state.metrics["metric"], "dense_metric": state.dense_metrics["metric"]},
         accounting={"payload": state.planned.payload, "dense": state.dense_bytes},
@@ -262,8 +286,13 @@ def verify(state: JobState, progress: StageProgress) -> None:
     progress("verify", {"step": 1, "total": 1})
 
 
-STAGE_FUNCTIONS = {"inspect": inspect, "plan": plan, "fine-tune": finetune, "export": export,
-                   "verify": verify}
+STAGE_FUNCTIONS = {
+    "inspect": inspect,
+    "plan": plan,
+    "fine-tune": finetune,
+    "export": export,
+    "verify": verify,
+}
 
 
 def run_job(spec: JobSpec, progress: StageProgress | None = None) -> JobState:

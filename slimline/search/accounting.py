@@ -189,7 +189,8 @@ def plan_bytes(
         missing, extra = sorted(names - set(plan)), sorted(set(plan) - names)
         raise InvalidOption(
             f"plan does not match the model's layers (missing: {missing}, unknown: {extra})",
-            field="plan", value=sorted(plan),
+            field="plan",
+            value=sorted(plan),
         )
     pos = position_bytes or {}
     layers = {g.name: layer_bytes(plan[g.name], g, position_bytes=pos.get(g.name)) for g in geoms}

@@ -114,9 +114,7 @@ def unpack_bits(data: bytes | bytearray | memoryview, width: int, count: int) ->
     buf = np.frombuffer(data, dtype=np.uint8)
     nbytes = packed_bytes(count, width)
     if buf.size != nbytes:
-        raise ValueError(
-            f"{count} values at {width} bits take {nbytes} bytes, got {buf.size}"
-        )
+        raise ValueError(f"{count} values at {width} bits take {nbytes} bytes, got {buf.size}")
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     if width == 8:

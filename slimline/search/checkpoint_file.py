@@ -50,8 +50,11 @@ def _dumps(obj: Any) -> str:
 def _header_json(header: dict[str, Any], payload_bytes: int) -> bytes:
     outer = {
         "__metadata__": {METADATA_KEY: _dumps(header)},
-        PAYLOAD_TENSOR: {"dtype": "U8", "shape": [payload_bytes],
-                         "data_offsets": [0, payload_bytes]},
+        PAYLOAD_TENSOR: {
+            "dtype": "U8",
+            "shape": [payload_bytes],
+            "data_offsets": [0, payload_bytes],
+        },
     }
     return _dumps(outer).encode("utf-8")
 
@@ -97,8 +100,9 @@ def write_checkpoint(
         raise
     _fsync_dir(path.parent)
     file_bytes = os.path.getsize(path)
-    return FileInfo(file_bytes=file_bytes, header_bytes=file_bytes - payload_bytes,
-                    payload_bytes=payload_bytes)
+    return FileInfo(
+        file_bytes=file_bytes, header_bytes=file_bytes - payload_bytes, payload_bytes=payload_bytes
+    )
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -116,9 +120,13 @@ def _fsync_dir(directory: Path) -> None:
 
 def _read_layout(path: Path) -> tuple[dict[str, Any], int, int]:
     """(caller's header, offset of the payload, payload length), all validated."""
+
     def bad(problem: str) -> InvalidCheckpoint:
-        return InvalidCheckpoint(f"{path} is not a valid slimline checkpoint: {problem}",
-                                 field="checkpoint", value=str(path))
+        return InvalidCheckpoint(
+            f"{path} is not a valid slimline checkpoint: {problem}",
+            field="checkpoint",
+            value=str(path),
+        )
 
     try:
         size = os.path.getsize(path)
@@ -128,12 +136,17 @@ def _read_layout(path: Path) -> tuple[dict[str, Any], int, int]:
                 raise bad(f"file is {size} bytes, too short for a safetensors header length")
             (n,) = struct.unpack("<Q", first)
             if n < 2 or n > min(MAX_HEADER_BYTES, size - 8):
-                raise bad(f"header length {n} does not fit a file of {size} bytes "
-                          "(truncated, or not a safetensors file)")
+                raise bad(
+                    f"header length {n} does not fit a file of {size} bytes "
+                    "(truncated, or not a safetensors file)"
+                )
             raw = f.read(n)
     except OSError as exc:
-        raise InvalidCheckpoint(f"cannot read checkpoint {path}: {exc.strerror or exc}",
-                                field="checkpoint", value=str(path)) from None
+        raise InvalidCheckpoint(
+            f"cannot read checkpoint {path}: {exc.strerror or exc}",
+            field="checkpoint",
+            value=str(path),
+        ) from None
     try:
         outer = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -148,11 +161,16 @@ def _read_layout(path: Path) -> tuple[dict[str, Any], int, int]:
         raise bad(f"expected exactly one tensor {PAYLOAD_TENSOR!r}, got {sorted(tensors)}")
     entry = tensors[PAYLOAD_TENSOR]
     payload_bytes = size - 8 - n
-    if not isinstance(entry, dict) or entry.get("dtype") != "U8" or entry.get("shape") != [
-        payload_bytes
-    ] or entry.get("data_offsets") != [0, payload_bytes]:
-        raise bad(f"tensor {PAYLOAD_TENSOR!r} is {entry!r}, expected a U8 tensor of the "
-                  f"{payload_bytes} bytes after the header (truncated or extended file?)")
+    if (
+        not isinstance(entry, dict)
+        or entry.get("dtype") != "U8"
+        or entry.get("shape") != [payload_bytes]
+        or entry.get("data_offsets") != [0, payload_bytes]
+    ):
+        raise bad(
+            f"tensor {PAYLOAD_TENSOR!r} is {entry!r}, expected a U8 tensor of the "
+            f"{payload_bytes} bytes after the header (truncated or extended file?)"
+        )
     try:
         header = json.loads(meta[METADATA_KEY])
     except json.JSONDecodeError as exc:
@@ -181,11 +199,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes
             f.seek(offset)
             payload = f.read(length)
     except OSError as exc:
-        raise InvalidCheckpoint(f"cannot read checkpoint {p}: {exc.strerror or exc}",
-                                field="checkpoint", value=str(p)) from None
+        raise InvalidCheckpoint(
+            f"cannot read checkpoint {p}: {exc.strerror or exc}", field="checkpoint", value=str(p)
+        ) from None
     if len(payload) != length:
-        raise InvalidCheckpoint(f"{p} changed while being read", field="checkpoint",
-                                value=str(p))
+        raise InvalidCheckpoint(f"{p} changed while being read", field="checkpoint", value=str(p))
     return header, payload
 
 
@@ -195,7 +213,9 @@ def split_payload(payload: bytes | memoryview, lengths: Sequence[int]) -> list[m
     if any(n < 0 for n in lengths) or sum(lengths) != len(view):
         raise InvalidCheckpoint(
             f"stream lengths add up to {sum(lengths)} bytes but the payload has {len(view)} "
-            "(checkpoint does not match its plan)", field="payload", value=len(view),
+            "(checkpoint does not match its plan)",
+            field="payload",
+            value=len(view),
         )
     out: list[memoryview] = []
     start = 0

@@ -49,8 +49,13 @@ def position_lengths(streams: dict[str, LayerStreams], plan: Plan) -> dict[str, 
 
 
 def build_header(
-    *, arch: dict[str, Any], task: str, plan: Plan, positions: dict[str, int],
-    metrics: dict[str, float], accounting: dict[str, int],
+    *,
+    arch: dict[str, Any],
+    task: str,
+    plan: Plan,
+    positions: dict[str, int],
+    metrics: dict[str, float],
+    accounting: dict[str, int],
 ) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
@@ -92,7 +97,9 @@ def _stored_nbytes(t: torch.Tensor) -> int:
     return t.numel() * (2 if t.is_floating_point() else t.element_size())
 
 
-def read_model(path: str | os.PathLike[str], skeleton: nn.Module, geoms: list[LayerGeometry]) -> dict[str, Any]:
+def read_model(
+    path: str | os.PathLike[str], skeleton: nn.Module, geoms: list[LayerGeometry]
+) -> dict[str, Any]:
     """Fill ``skeleton`` (plain, unparametrized) from the file, in place; returns the header."""
     header, payload = read_checkpoint(path)
     try:
@@ -117,13 +124,21 @@ def read_model(path: str | os.PathLike[str], skeleton: nn.Module, geoms: list[La
     for i, g in enumerate(geoms):
         v, ix, sc, bi = (bytes(c) for c in chunks[4 * i : 4 * i + 4])
         has_bias = g.has_bias or g.norm is not None
-        p = unpack_payload(LayerStreams(values=v, index=ix, scales=sc, bias=bi),
-                           g.name, plan[g.name], g.shape, has_bias)
+        p = unpack_payload(
+            LayerStreams(values=v, index=ix, scales=sc, bias=bi),
+            g.name,
+            plan[g.name],
+            g.shape,
+            has_bias,
+        )
         restore_layer(skeleton, g, p)
     others = {}
     for name, chunk in zip(other_names, chunks[4 * len(geoms) :], strict=True):
         ref = stored_tensor(state[name])
-        others[name] = torch.frombuffer(bytearray(chunk), dtype=ref.dtype).reshape(ref.shape) \
-            if ref.numel() else ref.clone()
+        others[name] = (
+            torch.frombuffer(bytearray(chunk), dtype=ref.dtype).reshape(ref.shape)
+            if ref.numel()
+            else ref.clone()
+        )
     restore_others(skeleton, others)
     return header

@@ -57,7 +57,8 @@ def other_tensor_names(model: nn.Module, geoms: list[LayerGeometry]) -> list[str
         if g.norm is not None:
             skip.update(f"{g.norm}.{t}" for t in NORM_TENSORS)
     return [
-        k for k in _plain_state_dict(model)
+        k
+        for k in _plain_state_dict(model)
         if k not in skip and not k.endswith("num_batches_tracked")
     ]
 
@@ -81,9 +82,7 @@ def stored_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.detach().half() if t.is_floating_point() else t.detach()
 
 
-def layer_payload(
-    model: nn.Module, geom: LayerGeometry, cw: CompressedWeight
-) -> LayerPayload:
+def layer_payload(model: nn.Module, geom: LayerGeometry, cw: CompressedWeight) -> LayerPayload:
     """Codes, mask, fp16 scales and bias of one compressed layer (norm folded in)."""
     mod = model.get_submodule(geom.name)
     opt = cw.option
@@ -96,7 +95,9 @@ def layer_payload(
         bn = model.get_submodule(geom.norm)
         mult = (bn.weight / torch.sqrt(bn.running_var + geom.norm_eps)).detach().float().cpu()
         base = bias if bias is not None else torch.zeros(cw.rows)
-        bias = mult * (base - bn.running_mean.detach().float().cpu()) + bn.bias.detach().float().cpu()
+        bias = (
+            mult * (base - bn.running_mean.detach().float().cpu()) + bn.bias.detach().float().cpu()
+        )
     scales = None
     if opt.sparsity == "removed":
         codes = torch.empty(0, dtype=torch.int64)
@@ -109,8 +110,13 @@ def layer_payload(
             s = s.expand(cw.rows, s.shape[1]) * mult[:, None]
         scales = s.half()
     return LayerPayload(
-        name=geom.name, option=opt, shape=tuple(w.shape), mask=mask, codes=codes,
-        scales=scales, bias=None if bias is None else bias.half(),
+        name=geom.name,
+        option=opt,
+        shape=tuple(w.shape),
+        mask=mask,
+        codes=codes,
+        scales=scales,
+        bias=None if bias is None else bias.half(),
     )
 
 

@@ -44,7 +44,9 @@ class LayerGeometry:
     shape: tuple[int, ...]  # weight shape, [O, I/groups, *kernel]
     has_bias: bool
     norm: str | None = None  # path of the BatchNorm folded into this layer at export
-    norm_eps: float = 0.0  # that norm's epsilon (graph modules keep it in the graph, not the module)
+    norm_eps: float = (
+        0.0  # that norm's epsilon (graph modules keep it in the graph, not the module)
+    )
 
     @property
     def rows(self) -> int:
@@ -149,8 +151,12 @@ def _graph_layers(gm: fx.GraphModule) -> list[LayerGeometry]:
         norm, eps = _graph_norm_after(node)
         out.append(
             LayerGeometry(
-                name=owner, kind=kind, shape=tuple(weight.shape), has_bias=has_bias,
-                norm=norm, norm_eps=eps,
+                name=owner,
+                kind=kind,
+                shape=tuple(weight.shape),
+                has_bias=has_bias,
+                norm=norm,
+                norm_eps=eps,
             )
         )
     return out

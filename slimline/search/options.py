@@ -51,67 +51,83 @@ class LayerOption:
         if self.sparsity not in SPARSITY_KINDS:
             raise InvalidOption(
                 f"sparsity {self.sparsity!r} is not one of {', '.join(SPARSITY_KINDS)}",
-                field="sparsity", value=self.sparsity,
+                field="sparsity",
+                value=self.sparsity,
             )
         if self.sparsity == "removed":
             if (self.bits, self.n, self.m, self.density, self.granularity, self.group_size) != (
-                0, 0, 0, 1.0, "none", 0
+                0,
+                0,
+                0,
+                1.0,
+                "none",
+                0,
             ):
                 raise InvalidOption(
                     "a removed layer takes no bits, pattern, density or scales",
-                    field="bits", value=self.bits,
+                    field="bits",
+                    value=self.bits,
                 )
             return
         if self.bits not in BITS:
             raise InvalidOption(
                 f"bits {self.bits!r} is not one of {', '.join(map(str, BITS))}",
-                field="bits", value=self.bits,
+                field="bits",
+                value=self.bits,
             )
         if self.sparsity == "nm":
             if (self.n, self.m) not in NM_PATTERNS:
                 allowed = ", ".join(f"{n}:{m}" for n, m in NM_PATTERNS)
                 raise InvalidOption(
                     f"N:M pattern {self.n}:{self.m} is not one of {allowed}",
-                    field="n:m", value=f"{self.n}:{self.m}",
+                    field="n:m",
+                    value=f"{self.n}:{self.m}",
                 )
         elif self.n or self.m:
             raise InvalidOption(
                 f"n and m are only for sparsity 'nm', not {self.sparsity!r}",
-                field="n:m", value=f"{self.n}:{self.m}",
+                field="n:m",
+                value=f"{self.n}:{self.m}",
             )
         if self.sparsity == "unstructured":
             if not 0.0 < self.density < 1.0:
                 raise InvalidOption(
                     f"unstructured density must be in (0, 1), got {self.density!r}",
-                    field="density", value=self.density,
+                    field="density",
+                    value=self.density,
                 )
         elif self.density != 1.0:
             raise InvalidOption(
                 f"density is only for sparsity 'unstructured', not {self.sparsity!r}",
-                field="density", value=self.density,
+                field="density",
+                value=self.density,
             )
         if self.bits == 16:
             if self.granularity != "none" or self.group_size:
                 raise InvalidOption(
                     "fp16 values (bits 16) have no scales: granularity must be 'none'",
-                    field="granularity", value=self.granularity,
+                    field="granularity",
+                    value=self.granularity,
                 )
             return
         if self.granularity not in ("channel", "group", "tensor"):
             raise InvalidOption(
                 f"granularity {self.granularity!r} is not one of channel, group, tensor "
                 f"(needed for {self.bits}-bit values)",
-                field="granularity", value=self.granularity,
+                field="granularity",
+                value=self.granularity,
             )
         if (self.granularity == "group") != (self.group_size > 0):
             raise InvalidOption(
                 "group_size must be set exactly when granularity is 'group'",
-                field="group_size", value=self.group_size,
+                field="group_size",
+                value=self.group_size,
             )
         if self.group_size and self.group_size not in GROUP_SIZES:
             raise InvalidOption(
                 f"group_size {self.group_size} is not one of {', '.join(map(str, GROUP_SIZES))}",
-                field="group_size", value=self.group_size,
+                field="group_size",
+                value=self.group_size,
             )
 
     # ----------------------------------------------------------------- derived properties
@@ -149,7 +165,8 @@ class LayerOption:
         bad = InvalidOption(
             f"cannot parse layer option {text!r}; expected e.g. 'dense/b16', 'nm2:4/b4/ch', "
             "'un0.0625/b3/g64', 'dense/b8/t' or 'removed'",
-            field="option", value=text,
+            field="option",
+            value=text,
         )
         if text == "removed":
             return cls(sparsity="removed", bits=0)
@@ -190,7 +207,8 @@ class LayerOption:
         if set(data) != {"option"}:
             raise InvalidOption(
                 f"a layer option dict has exactly the key 'option', got {sorted(data)}",
-                field="option", value=sorted(data),
+                field="option",
+                value=sorted(data),
             )
         return cls.from_str(str(data["option"]))
 
@@ -214,7 +232,8 @@ class Plan(Mapping[str, LayerOption]):
             if not isinstance(opt, LayerOption):
                 raise InvalidOption(
                     f"plan entry {name!r} must be a LayerOption, got {type(opt).__name__}",
-                    field=name, value=opt,
+                    field=name,
+                    value=opt,
                 )
         self._options = dict(options)
 
@@ -248,12 +267,16 @@ class Plan(Mapping[str, LayerOption]):
         if version != cls.VERSION:
             raise InvalidOption(
                 f"plan version {version!r} is not supported (this slimline reads {cls.VERSION})",
-                field="version", value=version,
+                field="version",
+                value=version,
             )
         layers = data.get("layers")
         if not isinstance(layers, Mapping):
-            raise InvalidOption("plan 'layers' must be an object of name -> option string",
-                                field="layers", value=layers)
+            raise InvalidOption(
+                "plan 'layers' must be an object of name -> option string",
+                field="layers",
+                value=layers,
+            )
         return cls({str(k): LayerOption.from_str(str(v)) for k, v in layers.items()})
 
     def to_json(self) -> str:

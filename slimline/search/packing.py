@@ -64,8 +64,9 @@ class LayerStreams:
 
 def _fp16_bytes(t: torch.Tensor, what: str, name: str) -> bytes:
     if t.dtype != torch.float16:
-        raise ValueError(f"layer {name!r}: {what} must be float16 (packing never rounds), "
-                         f"got {t.dtype}")
+        raise ValueError(
+            f"layer {name!r}: {what} must be float16 (packing never rounds), got {t.dtype}"
+        )
     return t.detach().cpu().contiguous().view(torch.int16).numpy().astype("<i2").tobytes()
 
 
@@ -117,12 +118,14 @@ def pack_payload(p: LayerPayload) -> LayerStreams:
 def _check_mask(p: LayerPayload, shape: tuple[int, int]) -> None:
     if p.mask is None or tuple(p.mask.shape) != shape or p.mask.dtype != torch.bool:
         got = None if p.mask is None else (tuple(p.mask.shape), p.mask.dtype)
-        raise ValueError(f"layer {p.name!r}: {p.option.to_str()} needs a bool mask {shape}, "
-                         f"got {got}")
+        raise ValueError(
+            f"layer {p.name!r}: {p.option.to_str()} needs a bool mask {shape}, got {got}"
+        )
     kept = int(np.count_nonzero(p.mask.detach().cpu().numpy()))  # numpy: ~20x torch's sum
     if kept != p.codes.numel():
-        raise ValueError(f"layer {p.name!r}: mask keeps {kept} but there are "
-                         f"{p.codes.numel()} codes")
+        raise ValueError(
+            f"layer {p.name!r}: mask keeps {kept} but there are {p.codes.numel()} codes"
+        )
 
 
 def _check_scales(p: LayerPayload) -> None:
@@ -132,8 +135,10 @@ def _check_scales(p: LayerPayload) -> None:
     if p.option.granularity == "tensor":
         allowed.add((p.rows, 1))  # a folded norm turns a per-tensor scale per-channel
     if tuple(p.scales.shape) not in allowed:
-        raise ValueError(f"layer {p.name!r}: scales of shape {tuple(p.scales.shape)}, "
-                         f"expected one of {sorted(allowed)}")
+        raise ValueError(
+            f"layer {p.name!r}: scales of shape {tuple(p.scales.shape)}, "
+            f"expected one of {sorted(allowed)}"
+        )
 
 
 def unpack_payload(
@@ -150,8 +155,7 @@ def unpack_payload(
     try:
         return _unpack(streams, name, option, tuple(shape), has_bias)
     except ValueError as exc:
-        raise InvalidCheckpoint(f"layer {name!r} ({option.to_str()}): {exc}",
-                                field=name) from None
+        raise InvalidCheckpoint(f"layer {name!r} ({option.to_str()}): {exc}", field=name) from None
 
 
 def _unpack(
@@ -179,8 +183,9 @@ def _unpack(
             if opt.granularity == "tensor" and len(s.scales) == 2 * rows:
                 srows = rows
             if len(s.scales) != 2 * srows * scols:
-                raise ValueError(f"scales stream has {len(s.scales)} bytes, expected "
-                                 f"{2 * srows * scols}")
+                raise ValueError(
+                    f"scales stream has {len(s.scales)} bytes, expected {2 * srows * scols}"
+                )
             scales = _fp16_tensor(s.scales, (srows, scols))
         elif len(s.scales):
             raise ValueError(f"fp16 values have no scales, got {len(s.scales)} bytes")
@@ -191,5 +196,6 @@ def _unpack(
         bias = _fp16_tensor(s.bias, (rows,))
     elif len(s.bias):
         raise ValueError(f"no bias expected, got {len(s.bias)} bytes")
-    return LayerPayload(name=name, option=opt, shape=shape, mask=mask, codes=codes,
-                        scales=scales, bias=bias)
+    return LayerPayload(
+        name=name, option=opt, shape=shape, mask=mask, codes=codes, scales=scales, bias=bias
+    )

@@ -107,4 +107,3 @@ def fp16_codes(w2d: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     v = w2d.detach().half()
     kept = v.reshape(-1) if mask is None else v[mask]
     return kept.view(torch.int16).to(torch.int64) & 0xFFFF
-

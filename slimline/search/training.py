@@ -68,7 +68,9 @@ def task_loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
-def batches(data: TrainData, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    data: TrainData, batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled mini-batches of the training split, reproducible from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
     n = len(data.x_train)
@@ -100,7 +102,9 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.steps(len(data.x_train))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * cfg.lr_min_ratio)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=total, eta_min=cfg.lr * cfg.lr_min_ratio
+    )
     losses: list[float] = []
     report_every = max(1, total // 50)
     for step, (x, y) in enumerate(batches(data, cfg.batch_size, cfg.seed)):
@@ -122,8 +126,12 @@ def train(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: TrainData, *, device: torch.device | str = "cpu",
-    batch_size: int = 1024, split: str = "val",
+    model: nn.Module,
+    data: TrainData,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1024,
+    split: str = "val",
 ) -> dict[str, float]:
     """Metric of ``model`` on a split: {"metric": accuracy, "loss": mean CE, ...}.
 

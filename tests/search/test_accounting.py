@@ -9,8 +9,9 @@ from slimline.search.layers import LayerGeometry
 from slimline.search.options import LayerOption, Plan
 
 LIN = LayerGeometry(name="fc", kind="linear", shape=(10, 30), has_bias=True)
-CONV_BN = LayerGeometry(name="conv", kind="conv2d", shape=(8, 3, 5, 5), has_bias=False, norm="bn",
-                        norm_eps=1e-5)
+CONV_BN = LayerGeometry(
+    name="conv", kind="conv2d", shape=(8, 3, 5, 5), has_bias=False, norm="bn", norm_eps=1e-5
+)
 
 
 def opt(s: str) -> LayerOption:

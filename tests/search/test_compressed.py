@@ -77,8 +77,9 @@ def test_nm_masks_keep_exactly_n_per_group_and_stay_after_training_steps(pattern
 def test_ste_gradients_reach_weights_and_scales() -> None:
     torch.manual_seed(2)
     lin = nn.Sequential(nn.Linear(16, 4))
-    (cw,) = apply_plan(lin, Plan({"0": LayerOption.from_str("nm2:4/b4/ch")}),
-                       find_layers(lin)).values()
+    (cw,) = apply_plan(
+        lin, Plan({"0": LayerOption.from_str("nm2:4/b4/ch")}), find_layers(lin)
+    ).values()
     lin(torch.randn(8, 16)).sum().backward()
     original = lin[0].parametrizations.weight.original
     kept = cw.mask[:, :16]
@@ -104,7 +105,9 @@ def test_parametrization_changes_a_graph_modules_output(tmp_path) -> None:
     from slimline.models.program import export_program, load_program
 
     torch.manual_seed(4)
-    eager = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    eager = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    ).eval()
     export_program(eager, torch.randn(2, 1, 8, 8), tmp_path / "m.pt2")
     gm = load_program(tmp_path / "m.pt2")
     geoms = find_layers(gm)

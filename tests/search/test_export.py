@@ -17,7 +17,12 @@ from slimline.models.zoo import build_model
 from slimline.pipeline.stages import dense_checkpoint_bytes, exact_positions
 from slimline.search.accounting import layer_options, plan_bytes
 from slimline.search.compressed import apply_plan
-from slimline.search.export import build_header, other_stored_bytes, reserve_header_bytes, write_model
+from slimline.search.export import (
+    build_header,
+    other_stored_bytes,
+    reserve_header_bytes,
+    write_model,
+)
 from slimline.search.finalize import finalize
 from slimline.search.layers import find_layers
 from slimline.search.methods.base import SearchContext
@@ -34,15 +39,27 @@ def _randomize_norms(model: nn.Module) -> None:
             m.bias.data.normal_(0, 0.1)
 
 
-def _round_trip(model: nn.Module, plan: Plan, arch: dict, path: Path, x: torch.Tensor,
-                program: Path | None = None) -> tuple[int, int, int]:
+def _round_trip(
+    model: nn.Module,
+    plan: Plan,
+    arch: dict,
+    path: Path,
+    x: torch.Tensor,
+    program: Path | None = None,
+) -> tuple[int, int, int]:
     geoms = find_layers(model)
     positions = exact_positions(model, geoms, plan)
     planned = plan_bytes(plan, geoms, other_stored_bytes(model, geoms), 0, position_bytes=positions)
     apply_plan(model, plan, geoms)
     fin = finalize(model, geoms)
-    header = build_header(arch=arch, task="classify", plan=plan, positions=positions,
-                          metrics={"metric": 0.5}, accounting={"payload": planned.payload})
+    header = build_header(
+        arch=arch,
+        task="classify",
+        plan=plan,
+        positions=positions,
+        metrics={"metric": 0.5},
+        accounting={"payload": planned.payload},
+    )
     info, _ = write_model(path, fin, header)
     assert info.payload_bytes == planned.payload
     assert info.header_bytes == reserve_header_bytes(header, planned.payload)
@@ -66,12 +83,18 @@ def test_lenet5_at_20x_header_under_one_percent(tmp_path: Path) -> None:
     geoms = find_layers(model)
     budget = dense_checkpoint_bytes(model) // 20
     reserve = 600
-    ctx = SearchContext(model=model, geoms=geoms, data=None, payload_budget=budget - reserve,  # type: ignore[arg-type]
-                        other_bytes=other_stored_bytes(model, geoms))
+    ctx = SearchContext(
+        model=model,
+        geoms=geoms,
+        data=None,
+        payload_budget=budget - reserve,  # type: ignore[arg-type]
+        other_bytes=other_stored_bytes(model, geoms),
+    )
     plan = UniformMethod().propose(ctx)
     x = torch.randn(8, 1, 28, 28)
     file_bytes, header_bytes, payload = _round_trip(
-        model, plan, {"zoo": "lenet5", "config": {}}, tmp_path / "l5.safetensors", x)
+        model, plan, {"zoo": "lenet5", "config": {}}, tmp_path / "l5.safetensors", x
+    )
     assert file_bytes <= budget
     assert file_bytes - header_bytes == payload
     assert header_bytes < 0.01 * file_bytes, (header_bytes, file_bytes)
@@ -98,8 +121,9 @@ def test_bytegpt_others_are_stored_as_fp16(tmp_path: Path) -> None:
     assert len(geoms) >= 4 * 6 + 1  # q, k, v, out, 2 MLP per block + head
     plan = Plan.uniform([g.name for g in geoms], layer_options(geoms[0])[5])
     x = torch.randint(0, 256, (2, 128))
-    file_bytes, _, payload = _round_trip(model, plan, {"zoo": "bytegpt", "config": {}},
-                                         tmp_path / "g.safetensors", x)
+    file_bytes, _, payload = _round_trip(
+        model, plan, {"zoo": "bytegpt", "config": {}}, tmp_path / "g.safetensors", x
+    )
     assert other_stored_bytes(build_model("bytegpt"), geoms) > 0
     assert payload < file_bytes
 
@@ -116,7 +140,9 @@ def test_pt2_program_round_trip_and_wrong_program(tmp_path: Path) -> None:
     gm = _eval(load_program(tmp_path / "r.pt2"))
     geoms = find_layers(gm)
     assert len(geoms) == len(find_layers(eager))
-    assert sum(g.norm is not None for g in geoms) == sum(g.norm is not None for g in find_layers(eager))
+    assert sum(g.norm is not None for g in geoms) == sum(
+        g.norm is not None for g in find_layers(eager)
+    )
     rng = random.Random(0)
     plan = Plan({g.name: rng.choice(layer_options(g)) for g in geoms})
     x = torch.randn(3, 3, 32, 32)

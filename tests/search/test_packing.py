@@ -45,7 +45,11 @@ SHAPES = [(10, 30), (8, 3, 5, 5), (16, 1, 3, 3)]  # Linear, conv, depthwise conv
 
 
 def make_payload(
-    option: LayerOption, shape: tuple[int, ...], *, has_bias: bool, folded_norm: bool = False,
+    option: LayerOption,
+    shape: tuple[int, ...],
+    *,
+    has_bias: bool,
+    folded_norm: bool = False,
     seed: int = 0,
 ) -> LayerPayload:
     """A random payload of the right structure (what finalize would produce)."""
@@ -77,8 +81,9 @@ def make_payload(
             srows = rows
         scales = (torch.rand(srows, scols, generator=g) + 0.01).half()
     bias = torch.randn(rows, generator=g).half() if has_bias else None
-    return LayerPayload(name="layer", option=option, shape=shape, mask=mask, codes=codes,
-                        scales=scales, bias=bias)
+    return LayerPayload(
+        name="layer", option=option, shape=shape, mask=mask, codes=codes, scales=scales, bias=bias
+    )
 
 
 def all_options() -> list[LayerOption]:
@@ -88,10 +93,14 @@ def all_options() -> list[LayerOption]:
         grans = [{"granularity": "channel"}, {"granularity": "tensor"}] + [
             {"granularity": "group", "group_size": gs} for gs in GROUP_SIZES
         ]
-        sparsities = [{"sparsity": "dense"}, {"sparsity": "unstructured", "density": 0.0625},
-                      {"sparsity": "unstructured", "density": 0.5}]
-        sparsities += [{"sparsity": "nm", "n": n, "m": m} for n, m in ((1, 4), (2, 4), (1, 8),
-                                                                        (2, 8), (4, 8))]
+        sparsities = [
+            {"sparsity": "dense"},
+            {"sparsity": "unstructured", "density": 0.0625},
+            {"sparsity": "unstructured", "density": 0.5},
+        ]
+        sparsities += [
+            {"sparsity": "nm", "n": n, "m": m} for n, m in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8))
+        ]
         for sp in sparsities:
             opts.add(LayerOption(bits=16, **sp) if sp["sparsity"] != "dense" else FP16)
             for gr in grans:
@@ -139,8 +148,9 @@ def test_unstructured_mask_is_rows_by_k_and_masks_have_right_counts() -> None:
     assert q.mask is not None and q.mask.shape == (8, 75)
     assert int(q.mask.sum()) == unstructured_kept(opt, 8, 75) == round(0.125 * 600)
     nm = LayerOption(sparsity="nm", n=2, m=8, bits=2, granularity="channel")
-    q = unpack_payload(pack_payload(make_payload(nm, (16, 1, 3, 3), has_bias=False)), "d", nm,
-                       (16, 1, 3, 3), False)
+    q = unpack_payload(
+        pack_payload(make_payload(nm, (16, 1, 3, 3), has_bias=False)), "d", nm, (16, 1, 3, 3), False
+    )
     assert q.mask is not None and q.mask.shape == (16, 16)  # K = 9 padded to 16
     assert int(q.mask.sum()) == 16 * 2 * 2
 
@@ -189,12 +199,16 @@ def test_unpack_rejects_corrupt_streams() -> None:
 @pytest.mark.parametrize("norm", [None, "bn"])
 def test_accounting_equals_stream_lengths(shape: tuple[int, ...], norm: str | None) -> None:
     for has_bias in (False, True):
-        geom = LayerGeometry(name="layer", kind="linear" if len(shape) == 2 else "conv2d",
-                             shape=shape, has_bias=has_bias, norm=norm)
+        geom = LayerGeometry(
+            name="layer",
+            kind="linear" if len(shape) == 2 else "conv2d",
+            shape=shape,
+            has_bias=has_bias,
+            norm=norm,
+        )
         stores_bias = has_bias or norm is not None
         for i, opt in enumerate(layer_options(geom, group_sizes=GROUP_SIZES)):
-            p = make_payload(opt, shape, has_bias=stores_bias, folded_norm=norm is not None,
-                             seed=i)
+            p = make_payload(opt, shape, has_bias=stores_bias, folded_norm=norm is not None, seed=i)
             streams = pack_payload(p)
             pos = None
             if opt.sparsity == "unstructured":
@@ -205,7 +219,10 @@ def test_accounting_equals_stream_lengths(shape: tuple[int, ...], norm: str | No
             counted = layer_bytes(opt, geom, position_bytes=pos)
             got = streams.lengths()
             assert (counted.values, counted.index, counted.scales, counted.bias) == got, (
-                opt.to_str(), shape, norm, has_bias,
+                opt.to_str(),
+                shape,
+                norm,
+                has_bias,
             )
 
 
@@ -217,14 +234,20 @@ def _streams(seed: int) -> tuple[list[LayerStreams], list[bytes]]:
         REMOVED,
         FP16,
     ]
-    layers = [pack_payload(make_payload(o, (8, 3, 5, 5), has_bias=True, seed=seed + i))
-              for i, o in enumerate(opts)]
+    layers = [
+        pack_payload(make_payload(o, (8, 3, 5, 5), has_bias=True, seed=seed + i))
+        for i, o in enumerate(opts)
+    ]
     others = [bytes(range(7)), b"", torch.randn(5).half().numpy().tobytes()]
     return layers, others
 
 
-HEADER = {"format": 1, "arch": {"zoo": "lenet5"}, "plan": {"conv1": "nm2:4/b4/ch"},
-          "name": "ünïcode \"quoted\""}
+HEADER = {
+    "format": 1,
+    "arch": {"zoo": "lenet5"},
+    "plan": {"conv1": "nm2:4/b4/ch"},
+    "name": 'ünïcode "quoted"',
+}
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
@@ -290,17 +313,25 @@ def _corrupt_files(tmp_path: Path) -> dict[str, Path]:
         "header cut": raw[: 8 + n // 2],
         "wrong length": struct.pack("<Q", n + 5) + raw[8:],
         "huge length": struct.pack("<Q", 2**63) + raw[8:],
-        "garbage json": struct.pack("<Q", 12) + b"{not json!!}" + raw[8 + n:],
+        "garbage json": struct.pack("<Q", 12) + b"{not json!!}" + raw[8 + n :],
         "not utf8": struct.pack("<Q", 4) + b"\xff\xfe\xfd\xfc",
         "json list": struct.pack("<Q", 2) + b"[]",
         "pickle": pickle.dumps({"weight": [1.0, 2.0]}),
         "torch save": b"PK\x03\x04" + bytes(100),
     }
-    header = json.dumps({"__metadata__": {"slimline": "[1]"},
-                         "payload": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}).encode()
+    header = json.dumps(
+        {
+            "__metadata__": {"slimline": "[1]"},
+            "payload": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]},
+        }
+    ).encode()
     files["header not object"] = struct.pack("<Q", len(header)) + header
-    header = json.dumps({"__metadata__": {"slimline": "{"},
-                         "payload": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}).encode()
+    header = json.dumps(
+        {
+            "__metadata__": {"slimline": "{"},
+            "payload": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]},
+        }
+    ).encode()
     files["inner garbage"] = struct.pack("<Q", len(header)) + header
     header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
     files["plain safetensors"] = struct.pack("<Q", len(header)) + header + bytes(4)

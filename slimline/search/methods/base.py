@@ -67,7 +67,8 @@ def get_method(name: str) -> SearchMethod:
     if name not in _REGISTRY:
         raise InvalidOption(
             f"method {name!r} is not one of {', '.join(sorted(_REGISTRY))}",
-            field="method", value=name,
+            field="method",
+            value=name,
         )
     return _REGISTRY[name]()
 

@@ -51,7 +51,8 @@ class UniformMethod(SearchMethod):
         raise InfeasibleBudget(
             f"the uniform method cannot fit {ctx.payload_budget} payload bytes: its smallest "
             f"uniform plan ({costed[-1][1].to_str()}) needs {smallest} bytes",
-            field="budget", value=ctx.payload_budget,
+            field="budget",
+            value=ctx.payload_budget,
         )
 
     @staticmethod
