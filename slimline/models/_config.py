@@ -31,7 +31,7 @@ class ModelConfig:
                 field="config",
                 value=data,
             )
-        known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise InvalidModel(

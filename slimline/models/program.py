@@ -211,5 +211,5 @@ def _set_arg(node: fx.Node, index: int, value: Any) -> None:
         args[index] = value
         node.args = tuple(args)
     else:  # passed by keyword (or defaulted): use the schema's name for it
-        name = node.target._schema.arguments[index].name  # type: ignore[union-attr]
+        name = node.target._schema.arguments[index].name
         node.kwargs = {**node.kwargs, name: value}

@@ -100,6 +100,12 @@ class JobState:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
+    def source(self) -> ModelSource:
+        """The resolved model source (set by `inspect`)."""
+        assert self.src is not None, "inspect has not run"
+        return self.src
+
+    @property
     def device(self) -> torch.device:
         return pick_device(self.spec.device)
 
@@ -118,9 +124,9 @@ def header_reserve(state: JobState) -> int:
     """Bytes the container header may take, reserved before the plan is known."""
     widest = Plan.uniform([g.name for g in state.geoms], _WIDEST_OPTION)
     header = build_header(
-        arch=state.src.arch(),
-        task=state.task or "classify",
-        plan=widest,  # type: ignore[union-attr]
+        arch=state.source.arch(),
+        task="language",  # the longer of the two task names
+        plan=widest,
         positions={g.name: 10**9 for g in state.geoms},
         metrics={"metric": -1.0, "dense_metric": -1.0},
         accounting={"payload": 10**12, "dense": 10**12},
@@ -216,11 +222,11 @@ def exact_positions(model: nn.Module, geoms: list[LayerGeometry], p: Plan) -> di
 
 
 def finetune_config(state: JobState) -> TrainConfig:
-    base = FINETUNE_RECIPES.get(state.src.zoo or "", DEFAULT_FINETUNE)  # type: ignore[union-attr]
-    kw = {"seed": state.spec.seed}
+    base = FINETUNE_RECIPES.get(state.source.zoo or "", DEFAULT_FINETUNE)
+    kw: dict[str, Any] = {"seed": state.spec.seed}
     if state.spec.epochs is not None:
-        kw["epochs"] = state.spec.epochs  # type: ignore[assignment]
-        kw["max_steps"] = None  # type: ignore[assignment]
+        kw["epochs"] = state.spec.epochs
+        kw["max_steps"] = None
     if state.spec.max_steps is not None:
         kw["max_steps"] = state.spec.max_steps
     return TrainConfig(**{**base.__dict__, **kw})
@@ -250,9 +256,9 @@ def export(state: JobState, progress: StageProgress) -> None:
     state.metrics = evaluate(state.model, state.data, device=state.device)
     state.model.cpu()
     header = build_header(
-        arch=state.src.arch(),
+        arch=state.source.arch(),
         task=state.task,
-        plan=state.plan,  # type: ignore[union-attr]
+        plan=state.plan,
         positions=state.positions,
         metrics={"metric": state.metrics["metric"], "dense_metric": state.dense_metrics["metric"]},
         accounting={"payload": state.planned.payload, "dense": state.dense_bytes},
@@ -271,7 +277,7 @@ def verify(state: JobState, progress: StageProgress) -> None:
     from slimline.loader import load
 
     assert state.model is not None
-    program = state.src.program if state.src is not None else None
+    program = state.source.program
     reloaded = load(state.spec.out, program=program)
     x = state.data.x_val[:256]
     with torch.no_grad():

@@ -150,12 +150,12 @@ def layer_options(
     grans += [{"granularity": "group", "group_size": g} for g in group_sizes if g < geom.row_len]
     for sp in sparsities:
         if sp["sparsity"] != "dense":
-            out.append(LayerOption(bits=16, **sp))  # type: ignore[arg-type]
+            out.append(LayerOption(bits=16, **sp))
         for b in bits:
             if b == 16:
                 continue
             for g in grans:
-                out.append(LayerOption(bits=b, **sp, **g))  # type: ignore[arg-type]
+                out.append(LayerOption(bits=b, **sp, **g))
     if allow_removed:
         out.append(REMOVED)
     return out

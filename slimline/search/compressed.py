@@ -30,12 +30,11 @@ class CompressedWeight(nn.Module):
         self.row_len = weight[0].numel()
         w2d = weight.detach().reshape(self.rows, self.row_len)
         mask = option_mask(option, w2d)
+        self.mask: torch.Tensor | None
         self.register_buffer("mask", mask)  # bool [O, Kp] or None
+        self.step: nn.Parameter | None = None  # fp32 [Sr, Sc] learned scales; stored as fp16
         if option.quantized:
-            init = init_scales(pad_columns(w2d, option), mask, option)
-            self.step = nn.Parameter(init)  # fp32 [Sr, Sc]; stored as fp16
-        else:
-            self.step = None
+            self.step = nn.Parameter(init_scales(pad_columns(w2d, option), mask, option))
 
     def refresh_mask(self, weight: torch.Tensor) -> None:
         """Re-pick the kept weights by magnitude (warm-up); scales are left as learned."""
@@ -54,7 +53,7 @@ class CompressedWeight(nn.Module):
         if opt.bits == 16:
             v = w2d + (w2d.half().float() - w2d).detach()
         else:
-            v = fake_quantize(w2d, self.scales(), opt)  # type: ignore[arg-type]
+            v = fake_quantize(w2d, self.scales(), opt)
         if self.mask is not None:
             v = v * self.mask
         return v[:, : self.row_len].reshape(self.shape)
@@ -89,4 +88,4 @@ def compressed_weights(model: nn.Module) -> dict[str, CompressedWeight]:
 def original_weight(model: nn.Module, name: str) -> torch.Tensor:
     """The trainable dense weight under a layer's parametrization."""
     mod = model.get_submodule(name)
-    return mod.parametrizations["weight"].original  # type: ignore[no-any-return]
+    return mod.parametrizations["weight"].original

@@ -104,7 +104,7 @@ def layer_payload(model: nn.Module, geom: LayerGeometry, cw: CompressedWeight) -
     elif opt.bits == 16:
         codes = fp16_codes(w2d if mult is None else w2d * mult[:, None], mask)
     else:
-        s = cw.scales().detach().float().cpu()  # type: ignore[union-attr]
+        s = cw.scales().detach().float().cpu()
         codes = quantize_codes(w2d, mask, s, opt)
         if mult is not None:
             s = s.expand(cw.rows, s.shape[1]) * mult[:, None]

@@ -68,7 +68,7 @@ def is_graph_module(model: nn.Module) -> bool:
 def find_layers(model: nn.Module) -> list[LayerGeometry]:
     """Compressible layers in execution order (graph order, else module order)."""
     if is_graph_module(model):
-        return _graph_layers(model)  # type: ignore[arg-type]
+        return _graph_layers(model)
     return _eager_layers(model)
 
 
@@ -97,7 +97,7 @@ def _eager_layers(model: nn.Module) -> list[LayerGeometry]:
 def _original_weight(mod: nn.Module) -> torch.Tensor:
     p = getattr(mod, "parametrizations", None)
     if p is not None and "weight" in p:
-        return p["weight"].original  # type: ignore[no-any-return]
+        return p["weight"].original
     return mod.weight  # type: ignore[return-value]
 
 

@@ -92,10 +92,10 @@ def pack_payload(p: LayerPayload) -> LayerStreams:
         if opt.sparsity == "nm":
             expected = (rows, padded_row_len(opt, k))
             _check_mask(p, expected)
-            index = pack_nm_pattern(p.mask, opt.n, opt.m)  # type: ignore[arg-type]
+            index = pack_nm_pattern(p.mask, opt.n, opt.m)
         elif opt.sparsity == "unstructured":
             _check_mask(p, (rows, k))
-            index = encode_positions(p.mask)  # type: ignore[arg-type]
+            index = encode_positions(p.mask)
         else:
             if p.mask is not None:
                 raise ValueError(f"layer {p.name!r}: a dense payload has no mask")

@@ -57,7 +57,7 @@ def set_training_mode(model: nn.Module, mode: bool) -> None:
     if is_graph_module(model):
         from slimline.models.program import set_graph_training
 
-        set_graph_training(model, mode)  # type: ignore[arg-type]
+        set_graph_training(model, mode)
     else:
         model.train(mode)
 

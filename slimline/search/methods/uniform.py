@@ -24,7 +24,7 @@ def uniform_candidates() -> list[LayerOption]:
     for sp in sparsities:
         for b in BITS:
             gran = {"granularity": "none"} if b == 16 else {"granularity": "channel"}
-            out.append(LayerOption(bits=b, **sp, **gran))  # type: ignore[arg-type]
+            out.append(LayerOption(bits=b, **sp, **gran))
     return out
 
 
