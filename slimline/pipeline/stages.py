@@ -20,7 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from slimline.budget import Budget
-from slimline.errors import InfeasibleBudget
+from slimline.errors import InfeasibleBudget, SlimlineError
 from slimline.pipeline.sources import (
     DEFAULT_FINETUNE,
     FINETUNE_RECIPES,
@@ -32,7 +32,7 @@ from slimline.pipeline.sources import (
     task_of,
 )
 from slimline.search.accounting import ModelBytes, layer_bytes, plan_bytes
-from slimline.search.compressed import apply_plan
+from slimline.search.compressed import compressed_weights
 from slimline.search.export import (
     build_header,
     other_stored_bytes,
@@ -46,7 +46,7 @@ from slimline.search.masks import option_mask
 from slimline.search.methods import SearchContext, get_method
 from slimline.search.options import REMOVED, LayerOption, Plan
 from slimline.search.position_codes import position_stream_bytes
-from slimline.search.training import TrainConfig, evaluate, pick_device, train
+from slimline.search.training import TrainConfig, evaluate, pick_device
 
 StageProgress = Callable[[str, dict[str, Any]], None]
 STAGES = ("inspect", "plan", "fine-tune", "export", "verify")
@@ -72,6 +72,7 @@ class JobSpec:
     device: str = "auto"
     cache_dir: Path | None = None
     max_steps: int | None = None  # cap on fine-tuning steps (quick runs)
+    method_settings: dict[str, Any] = field(default_factory=dict)  # the method's own knobs
 
 
 @dataclass
@@ -188,18 +189,24 @@ def inspect(state: JobState, progress: StageProgress) -> None:
     model.cpu()
 
 
-def plan(state: JobState, progress: StageProgress) -> None:
+def search_context(state: JobState, stage: str, progress: StageProgress) -> SearchContext:
     assert state.model is not None
-    method = get_method(state.spec.method)
-    ctx = SearchContext(
+    return SearchContext(
         model=state.model,
         geoms=state.geoms,
         data=state.data,
         payload_budget=state.budget_bytes - state.header_reserve,
         other_bytes=state.other_bytes,
-        progress=lambda e: progress("plan", e),
+        progress=lambda e: progress(stage, e),
+        device=state.device,
+        seed=state.spec.seed,
     )
-    state.plan = method.propose(ctx)
+
+
+def plan(state: JobState, progress: StageProgress) -> None:
+    assert state.model is not None
+    method = get_method(state.spec.method, state.spec.method_settings)
+    state.plan = method.propose(search_context(state, "plan", progress))
     state.positions = exact_positions(state.model, state.geoms, state.plan)
     state.planned = plan_bytes(
         state.plan, state.geoms, state.other_bytes, 0, position_bytes=state.positions
@@ -233,21 +240,33 @@ def finetune_config(state: JobState) -> TrainConfig:
 
 
 def finetune(state: JobState, progress: StageProgress) -> None:
-    """Quantization-aware training with the plan's masks and quantizers (plain QAT for now)."""
+    """The method's fine-tuning (plain QAT unless the method has its own), then the exact bytes
+    of the masks the model ended with."""
     assert state.model is not None and state.plan is not None
     state.dense_model = copy.deepcopy(state.model)
-    apply_plan(state.model, state.plan, state.geoms)
-    cfg = finetune_config(state)
-    if cfg.epochs > 0:
-        torch.manual_seed(state.spec.seed)
-        state.losses = train(
-            state.model,
-            state.data,
-            cfg,
-            device=state.device,
-            progress=lambda e: progress("fine-tune", e),
-        )
+    method = get_method(state.spec.method, state.spec.method_settings)
+    torch.manual_seed(state.spec.seed)
+    ctx = search_context(state, "fine-tune", progress)
+    state.plan = method.finetune(ctx, state.plan, finetune_config(state))
     state.model.cpu()
+    cws = compressed_weights(state.model)
+    state.positions = {
+        g.name: position_stream_bytes(
+            g.numel, int(cws[g.name].mask.sum()), cws[g.name].mask.reshape(-1)
+        )
+        for g in state.geoms
+        if state.plan[g.name].sparsity == "unstructured"
+    }
+    state.planned = plan_bytes(
+        state.plan, state.geoms, state.other_bytes, 0, position_bytes=state.positions
+    )
+    if state.planned.payload + state.header_reserve > state.budget_bytes:
+        raise SlimlineError(
+            f"method {state.spec.method} ended fine-tuning {state.planned.payload} payload "
+            f"bytes over a {state.budget_bytes - state.header_reserve} byte allowance; "
+            "this is a bug in the method, please report it",
+            field="method",
+        )
 
 
 def export(state: JobState, progress: StageProgress) -> None:
@@ -266,7 +285,7 @@ def export(state: JobState, progress: StageProgress) -> None:
     out = Path(state.spec.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     info, streams = write_model(out, fin, header)
-    assert position_lengths(streams, state.plan) == state.positions, "masks moved during QAT"
+    assert position_lengths(streams, state.plan) == state.positions
     assert info.payload_bytes == state.planned.payload, (info.payload_bytes, state.planned.payload)
     state.file_bytes, state.header_bytes = info.file_bytes, info.header_bytes
     progress("export", {"step": 1, "total": 1})

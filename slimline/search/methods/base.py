@@ -5,20 +5,32 @@ layers, calibration data and the byte budget for the payload (container header a
 off) — and returns a `Plan` whose exact payload bytes fit that budget. Methods never touch files,
 databases or HTTP; a method that cannot meet the budget raises `InfeasibleBudget` saying the
 smallest size it can reach.
+
+Then `finetune` trains the model compressed by the plan and returns the final plan (a method
+such as `constrained` may still change it while training; the final plan must fit too). When
+it returns, every planned layer of ``ctx.model`` carries its `CompressedWeight`
+parametrization, whose mask and scales are what the file will hold. The default is plain
+quantization-aware training with the plan fixed.
+
+Each method has one frozen settings object (`settings_cls`), built from a dict by `get_method`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from slimline.errors import InvalidOption
 from slimline.search.accounting import layer_bytes
+from slimline.search.compressed import apply_plan
 from slimline.search.layers import LayerGeometry
 from slimline.search.options import REMOVED, Plan
-from slimline.search.training import Progress, TrainData
+from slimline.search.training import Progress, TrainConfig, TrainData, train
 
 
 @dataclass
@@ -29,6 +41,9 @@ class SearchContext:
     payload_budget: int  # bytes available to layers + other tensors (header excluded)
     other_bytes: int  # bytes of tensors no option applies to (already inside payload_budget)
     progress: Progress | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    should_stop: Callable[[], bool] | None = None  # polled between steps (cancel, time limit)
 
     @property
     def layer_budget(self) -> int:
@@ -36,8 +51,33 @@ class SearchContext:
         return self.payload_budget - self.other_bytes
 
 
+@dataclass(frozen=True)
+class MethodSettings:
+    """Base of every method's settings: a frozen dataclass that round-trips through dicts."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> MethodSettings:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidOption(
+                f"unknown setting(s) {unknown} for {cls.__name__}; accepted: {sorted(known)}",
+                field="settings",
+                value=unknown,
+            )
+        return cls(**data)
+
+
 class SearchMethod(ABC):
-    name: str = ""
+    name: ClassVar[str] = ""
+    settings_cls: ClassVar[type[MethodSettings]] = MethodSettings
+
+    def __init__(self, settings: MethodSettings | None = None) -> None:
+        self.settings = settings if settings is not None else self.settings_cls()
 
     @abstractmethod
     def propose(self, ctx: SearchContext) -> Plan:
@@ -47,6 +87,20 @@ class SearchMethod(ABC):
         """The fewest layer bytes this method can reach, from the architecture alone, so an
         infeasible budget is refused before any training. Default: every layer removed."""
         return sum(layer_bytes(REMOVED, g).total for g in geoms)
+
+    def finetune(self, ctx: SearchContext, plan: Plan, cfg: TrainConfig) -> Plan:
+        """Train ``ctx.model`` compressed by ``plan``; returns the final plan (see module doc)."""
+        apply_plan(ctx.model, plan, ctx.geoms)
+        if cfg.epochs > 0:
+            train(
+                ctx.model,
+                ctx.data,
+                cfg,
+                device=ctx.device,
+                progress=ctx.progress,
+                should_stop=ctx.should_stop,
+            )
+        return plan
 
 
 _REGISTRY: dict[str, type[SearchMethod]] = {}
@@ -62,7 +116,8 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(name: str) -> SearchMethod:
+def get_method(name: str, settings: Mapping[str, Any] | None = None) -> SearchMethod:
+    """A method by name, with its settings built (and validated) from ``settings``."""
     _load_builtin()
     if name not in _REGISTRY:
         raise InvalidOption(
@@ -70,7 +125,8 @@ def get_method(name: str) -> SearchMethod:
             field="method",
             value=name,
         )
-    return _REGISTRY[name]()
+    cls = _REGISTRY[name]
+    return cls(cls.settings_cls.from_dict(settings))
 
 
 def _load_builtin() -> None:
