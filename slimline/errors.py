@@ -76,3 +76,19 @@ class InvalidCheckpoint(InvalidInput):
 class NotFound(SlimlineError):
     code = "not_found"
     http_status = 404
+
+
+class Conflict(SlimlineError):
+    """A request that clashes with the current state: an illegal job transition (finishing a
+    cancelled job), a job held by another worker, a name that is already taken."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class Unavailable(SlimlineError):
+    """A dependency (the database, the broker) cannot be reached right now; retrying later
+    may work."""
+
+    code = "unavailable"
+    http_status = 503
