@@ -4,6 +4,7 @@ exactly the planned count of weights per layer while the masks move with the wei
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -33,8 +34,17 @@ from slimline.search.position_codes import position_stream_bytes
 from slimline.search.training import TrainConfig, evaluate, train
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Small convolutions on busy shared cores run ~10x slower with two threads fighting.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def dense() -> tuple[nn.Module, object]:
+def dense(one_thread: None) -> tuple[nn.Module, object]:
     torch.manual_seed(0)
     model = build_model("digits-cnn")
     data = load_dataset("digits")
@@ -131,7 +141,6 @@ def test_settings_are_validated() -> None:
         SQuantizerSettings(dense_fraction=1.0)
 
 
-@pytest.mark.slow
 def test_finetune_keeps_k_per_layer_every_step_and_ends_within_exact_bytes(
     dense, monkeypatch: pytest.MonkeyPatch
 ) -> None:
