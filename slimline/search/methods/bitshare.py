@@ -1,0 +1,330 @@
+"""`bitshare`: single-path bit sharing (SBS; Liu, Zhuang et al., TPAMI 2023, arXiv 2101.04935).
+
+The search trains a copy of the model whose weights go through the bit-sharing quantizer of
+`bitshare_gates`: 2 bits plus gated residuals to 4 and 8 bits, and a 0-bit gate per group of
+output channels, under task loss + lambda * log(bytes). The gates it ends with say, per layer, a
+width and a kept fraction; the plan is built from them. Then (base class) quantization-aware
+fine-tuning of the fixed plan, from the same dense weights every method starts from.
+
+What we do differently from the paper:
+  - the cost is the layer's bytes in slimline's accounting, not BOPs;
+  - lambda is not a hand-set knob: a bisection on log(lambda), a few short searches from the
+    same dense start, puts the gated configuration's bytes near the budget;
+  - the paper has no hard constraint; we project exactly onto the byte budget with the
+    multiple-choice knapsack of `allocation`: each layer may take the option nearest its gated
+    configuration or a neighbour (one step more/fewer bits, denser/sparser), with damage = the
+    Fisher estimate on the searched weights plus a penalty per step away from the gated
+    configuration (`distance_penalty` x the mean damage of the gated options). If no plan of
+    neighbours fits, the neighbourhood widens, ending at every candidate;
+  - slimline has no "some output channels removed" option, so a kept fraction f maps to the
+    options that express it: f = 0 -> removed, f = 1 -> dense, otherwise the sparsity level
+    (unstructured density or N:M ratio) nearest f in log scale — weights, not channels, go;
+  - the widest width is 8 bits; fp16 is reachable only as the projection's "more bits"
+    neighbour of 8;
+  - when every layer at 8 bits, nothing pruned, already fits, no search runs (it could only
+    close gates the budget does not ask to close) and the candidates are scored on the dense
+    weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from torch import nn
+
+from slimline.errors import InfeasibleBudget, InvalidOption
+from slimline.search.accounting import layer_bytes
+from slimline.search.layers import LayerGeometry
+from slimline.search.masks import option_mask
+from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
+from slimline.search.methods.bitshare_gates import GatedConfig, GateSearch, search_gates
+from slimline.search.options import LayerOption, Plan
+from slimline.search.position_codes import position_stream_bytes
+from slimline.search.training import Progress
+
+if TYPE_CHECKING:
+    from slimline.search.scoring import Scores
+
+
+@dataclass(frozen=True)
+class BitShareSettings(MethodSettings):
+    search_steps: int = 120  # optimizer steps of one gate search (one search per lambda tried)
+    lr: float = 1e-3  # Adam lr of weights, clips and every other model parameter while searching
+    gate_lr: float = 1e-2  # Adam lr of the gate thresholds (residual means are ~0.01-0.1)
+    group_rows: int = 4  # output channels per pruning gate (the paper: 4 on CIFAR ResNets)
+    batch_size: int = 64  # search mini-batch
+    lambda_min: float = 1e-3  # bisection bracket on the byte penalty's weight (log scale)
+    lambda_max: float = 10.0
+    lambda_iters: int = 6  # most searches the bisection runs
+    tolerance: float = 0.1  # stop once the gated bytes land in [(1 - tolerance) budget, budget]
+    calib_batches: int = 8  # Fisher scoring of the projection's candidates
+    calib_batch_size: int = 64
+    distance_penalty: float = 0.5  # damage per step from the gated config, x mean gated damage
+
+    def __post_init__(self) -> None:
+        positive = ("search_steps", "lr", "gate_lr", "group_rows", "batch_size", "lambda_min")
+        positive += ("lambda_iters", "calib_batches", "calib_batch_size")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise InvalidOption(
+                    f"bitshare setting {name} must be positive, got {getattr(self, name)!r}",
+                    field=name,
+                    value=getattr(self, name),
+                )
+        if not self.lambda_max > self.lambda_min:
+            raise InvalidOption(
+                f"bitshare lambda_max ({self.lambda_max!r}) must exceed lambda_min "
+                f"({self.lambda_min!r})",
+                field="lambda_max",
+                value=self.lambda_max,
+            )
+        if not 0 <= self.tolerance < 1:
+            raise InvalidOption(
+                f"bitshare tolerance must be in [0, 1), got {self.tolerance!r}",
+                field="tolerance",
+                value=self.tolerance,
+            )
+        if self.distance_penalty < 0:
+            raise InvalidOption(
+                f"bitshare distance_penalty must be >= 0, got {self.distance_penalty!r}",
+                field="distance_penalty",
+                value=self.distance_penalty,
+            )
+
+
+# ------------------------------------------------------------------ gated config -> options
+def sparsity_level(option: LayerOption) -> float:
+    """Fraction of weights an option keeps: 0 removed, 1 dense, n/m, or the density."""
+    if option.sparsity == "removed":
+        return 0.0
+    if option.sparsity == "nm":
+        return option.n / option.m
+    return option.density
+
+
+class OptionGrid:
+    """A layer's candidates on two ladders, sparsity level and width, to measure how far an
+    option is from a gated configuration (in ladder steps)."""
+
+    def __init__(self, options: list[LayerOption]) -> None:
+        self.options = options
+        self.levels = sorted({sparsity_level(o) for o in options})  # ascending, maybe 0.0
+        self.widths = sorted({o.bits for o in options if o.sparsity != "removed"})
+
+    def position(self, cfg: GatedConfig) -> tuple[int, int]:
+        """(level index, width index) of the gated configuration."""
+        if cfg.kept <= 0 and self.levels[0] == 0.0:
+            level = 0
+        else:
+            positive = [i for i, v in enumerate(self.levels) if v > 0]
+            target = math.log(max(cfg.kept, 1e-9))
+            level = min(positive, key=lambda i: abs(math.log(self.levels[i]) - target))
+        width = min(range(len(self.widths)), key=lambda i: abs(self.widths[i] - cfg.bits))
+        return level, width
+
+    def steps(self, cfg: GatedConfig) -> np.ndarray:
+        """int [len(options), 2]: |level steps|, |width steps| of every option from ``cfg``
+        (widths do not count when either side is removed)."""
+        level, width = self.position(cfg)
+        out = np.zeros((len(self.options), 2), dtype=np.int64)
+        for i, o in enumerate(self.options):
+            out[i, 0] = abs(self.levels.index(sparsity_level(o)) - level)
+            if o.sparsity != "removed" and self.levels[level] > 0:
+                out[i, 1] = abs(self.widths.index(o.bits) - width)
+        return out
+
+    def nearest(self, cfg: GatedConfig) -> LayerOption:
+        """The option that says what the gates say: at the gated level and width, preferring
+        unstructured (a fraction of weights kept) and per-channel scales."""
+        kind = {"unstructured": 0, "dense": 0, "removed": 0, "nm": 1}
+        gran = {"channel": 0, "none": 0, "tensor": 1, "group": 2}
+        steps = self.steps(cfg).sum(axis=1)
+        best = min(
+            range(len(self.options)),
+            key=lambda i: (
+                steps[i],
+                kind[self.options[i].sparsity],
+                gran[self.options[i].granularity],
+                self.options[i].group_size,
+            ),
+        )
+        return self.options[best]
+
+
+class ExactBytes:
+    """Exact layer bytes of options on the dense weights the plan will be fine-tuned from
+    (unstructured position streams from the magnitude masks `CompressedWeight` will pick)."""
+
+    def __init__(self, model: nn.Module, geoms: list[LayerGeometry]) -> None:
+        self.weights = {
+            g.name: model.get_submodule(g.name).weight.detach().cpu().reshape(g.rows, g.row_len)
+            for g in geoms
+        }
+        self._cache: dict[tuple[str, LayerOption], int] = {}
+
+    def __call__(self, geom: LayerGeometry, option: LayerOption) -> int:
+        key = (geom.name, option)
+        if key not in self._cache:
+            pos = None
+            if option.sparsity == "unstructured":
+                mask = option_mask(option, self.weights[geom.name])
+                assert mask is not None
+                pos = position_stream_bytes(geom.numel, int(mask.sum()), mask.reshape(-1))
+            self._cache[key] = layer_bytes(option, geom, position_bytes=pos).total
+        return self._cache[key]
+
+
+# ------------------------------------------------------------------------------ the method
+@register
+class BitShareMethod(SearchMethod):
+    name = "bitshare"
+    settings_cls = BitShareSettings
+
+    @property
+    def config(self) -> BitShareSettings:
+        assert isinstance(self.settings, BitShareSettings)
+        return self.settings
+
+    def propose(self, ctx: SearchContext) -> Plan:
+        from slimline.search.scoring import candidate_options, score_model
+
+        exact = ExactBytes(ctx.model, ctx.geoms)
+        grids = {g.name: OptionGrid(candidate_options(g)) for g in ctx.geoms}
+
+        def gated_bytes(configs: dict[str, GatedConfig]) -> int:
+            return sum(exact(g, grids[g.name].nearest(configs[g.name])) for g in ctx.geoms)
+
+        widest = {g.name: GatedConfig(bits=8, kept=1.0) for g in ctx.geoms}
+        if gated_bytes(widest) <= ctx.layer_budget:
+            configs, searched = widest, copy.deepcopy(ctx.model)
+        else:
+            found = self.bisect_lambda(ctx, gated_bytes)
+            configs, searched = found.configs, found.model
+        scores = score_model(
+            searched,
+            ctx.geoms,
+            ctx.data,
+            estimator="fisher",
+            options=lambda g: grids[g.name].options,
+            batches=self.config.calib_batches,
+            batch_size=self.config.calib_batch_size,
+            device=ctx.device,
+            seed=ctx.seed,
+        )
+        return self.project(ctx, scores, configs, exact)
+
+    def bisect_lambda(
+        self, ctx: SearchContext, gated_bytes: Callable[[dict[str, GatedConfig]], int]
+    ) -> GateSearch:
+        """Searches at lambdas bisected on a log scale until the gated bytes land within
+        `tolerance` under the budget; returns the fullest search that fits (if none fits, the
+        smallest)."""
+        s, budget = self.config, ctx.layer_budget
+        lo, hi = math.log(s.lambda_min), math.log(s.lambda_max)
+        total = s.lambda_iters * s.search_steps
+        every = max(1, total // 50)
+        best: tuple[tuple[bool, int], GateSearch] | None = None
+        for i in range(s.lambda_iters):
+            lam = math.exp((lo + hi) / 2)
+            found = search_gates(
+                ctx.model,
+                ctx.geoms,
+                ctx.data,
+                lam,
+                steps=s.search_steps,
+                lr=s.lr,
+                gate_lr=s.gate_lr,
+                group_rows=s.group_rows,
+                batch_size=s.batch_size,
+                device=ctx.device,
+                seed=ctx.seed,
+                report=_reporter(ctx.progress, lam, i * s.search_steps, total, every),
+                should_stop=ctx.should_stop,
+            )
+            size = gated_bytes(found.configs)
+            rank = (True, size) if size <= budget else (False, -size)  # larger is better
+            if best is None or rank > best[0]:
+                best = (rank, found)
+            if size <= budget:
+                hi = math.log(lam)
+            else:
+                lo = math.log(lam)
+            stop = ctx.should_stop is not None and ctx.should_stop()
+            if stop or (1 - s.tolerance) * budget <= size <= budget:
+                break
+        assert best is not None
+        return best[1]
+
+    def project(
+        self,
+        ctx: SearchContext,
+        scores: Scores,
+        configs: dict[str, GatedConfig],
+        exact: ExactBytes,
+    ) -> Plan:
+        """The least-damage plan within the budget among options near the gated configuration
+        (see the module doc); widens the neighbourhood until some plan fits."""
+        from slimline.search.allocation import allocate
+
+        geoms = {g.name: g for g in ctx.geoms}
+        steps = [OptionGrid(ls.options).steps(configs[ls.name]) for ls in scores.layers]
+        nbytes = [
+            np.array([exact(geoms[ls.name], o) for o in ls.options], dtype=np.int64)
+            for ls in scores.layers
+        ]
+        damage = [np.asarray(ls.damage, dtype=np.float64) for ls in scores.layers]
+        # the penalty's unit: what the gated options themselves are estimated to cost
+        gated = [
+            float(d[int(np.argmin(st.sum(axis=1)))]) for d, st in zip(damage, steps, strict=True)
+        ]
+        unit = [x for x in gated if x > 0] or [float(x) for d in damage for x in d if x > 0]
+        ref = float(np.mean(unit)) if unit else 1.0
+        widest = max(int(st.max()) for st in steps)
+        for radius in sorted({1, 2, 4, widest}):
+            keep = [np.flatnonzero(st.max(axis=1) <= radius) for st in steps]
+            penalized = [
+                d[k] + self.config.distance_penalty * ref * st[k].sum(axis=1)
+                for d, st, k in zip(damage, steps, keep, strict=True)
+            ]
+            try:
+                alloc = allocate(
+                    [b[k] for b, k in zip(nbytes, keep, strict=True)], penalized, ctx.layer_budget
+                )
+            except InfeasibleBudget:
+                continue
+            plan = Plan(
+                {
+                    ls.name: ls.options[int(k[c])]
+                    for ls, k, c in zip(scores.layers, keep, alloc.choice, strict=True)
+                }
+            )
+            total = sum(exact(geoms[n], plan[n]) for n in plan)
+            assert total <= ctx.layer_budget, (total, ctx.layer_budget)
+            return plan
+        floor = sum(int(b.min()) for b in nbytes)
+        raise InfeasibleBudget(
+            f"bitshare cannot fit {ctx.layer_budget} layer bytes: its smallest plan needs "
+            f"{floor} bytes (payload {floor + ctx.other_bytes})",
+            field="budget",
+            value=ctx.payload_budget,
+        )
+
+
+def _reporter(
+    progress: Progress | None, lam: float, offset: int, total: int, every: int
+) -> Callable[[int, float, float], None] | None:
+    """Progress events of one search, numbered across the whole bisection."""
+    if progress is None:
+        return None
+
+    def report(step: int, loss: float, cost: float) -> None:
+        done = offset + step
+        if done % every == 0 or done == total:
+            progress({"step": done, "total": total, "loss": loss, "bytes": cost, "lambda": lam})
+
+    return report

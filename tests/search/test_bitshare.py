@@ -1,0 +1,124 @@
+"""bitshare: the bit-sharing quantizer, its gates, the search and plans on the byte budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from slimline.errors import InvalidOption
+from slimline.search.accounting import layer_bytes, layer_options
+from slimline.search.layers import find_layers
+from slimline.search.methods import get_method
+from slimline.search.methods.bitshare import BitShareSettings, OptionGrid
+from slimline.search.methods.bitshare_gates import (
+    BitShareWeight,
+    GatedConfig,
+    discretize,
+    gate_ste,
+    share_bits,
+)
+from slimline.search.options import REMOVED, LayerOption
+
+ONE, ZERO = torch.tensor(1.0), torch.tensor(0.0)
+
+
+# ------------------------------------------------------------------------------ quantizer
+def test_both_gates_open_is_8_bit_quantization_of_z() -> None:
+    z = torch.rand(10_000, generator=torch.Generator().manual_seed(0))
+    z_hat = share_bits(z, ONE, ONE)
+    assert (z_hat - z).abs().max() <= 1 / (2 * 255) + 1e-6
+    codes = z_hat * 255
+    assert torch.allclose(codes, codes.round(), atol=1e-4)  # on the 8-bit grid
+
+
+def test_closed_gates_give_exactly_the_coarser_grids() -> None:
+    z = torch.rand(10_000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(share_bits(z, ZERO, ONE), discretize(z, 1 / 3))
+    assert torch.equal(share_bits(z, ZERO, ZERO), discretize(z, 1 / 3))
+    four = share_bits(z, ONE, ZERO)
+    assert (four - z).abs().max() <= 1 / 30 + 1e-6
+    assert torch.allclose(four * 15, (four * 15).round(), atol=1e-4)
+
+
+def test_gradients_reach_clip_thresholds_and_weights() -> None:
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(8, 12) * 0.1)
+    q = BitShareWeight(w.detach(), group_rows=4)
+    target = torch.randn(8, 12)
+    loss = ((q(w) - target) ** 2).sum()
+    geom = find_layers(nn.Sequential(nn.Linear(12, 8)))[0]
+    (loss + torch.log(q.expected_bytes(geom))).backward()
+    for name, grad in [
+        ("w", w.grad),
+        ("v", q.v.grad),
+        ("alpha4", q.alpha4.grad),
+        ("alpha8", q.alpha8.grad),
+        ("alpha_p", q.alpha_p.grad),
+    ]:
+        assert grad is not None and torch.isfinite(grad).all(), name
+        assert grad.abs().sum() > 0, name
+
+
+def test_gate_is_hard_forward_and_sigmoid_backward() -> None:
+    a = torch.tensor([0.1, 0.4, 0.6, 2.0], requires_grad=True)
+    alpha = torch.tensor(0.5, requires_grad=True)
+    g = gate_ste(a, alpha)
+    assert g.tolist() == [0.0, 0.0, 1.0, 1.0]
+    g.sum().backward()
+    sig = torch.sigmoid(a.detach() - 0.5)
+    slope = sig * (1 - sig)
+    assert torch.allclose(a.grad, slope)
+    assert torch.allclose(alpha.grad, -slope.sum())
+
+
+def test_expected_bytes_follow_the_accounting() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(40, 12)
+    geom = find_layers(nn.Sequential(layer))[0]
+    q = BitShareWeight(layer.weight.detach(), group_rows=4)
+
+    def cost() -> float:
+        q(layer.weight.detach())
+        return float(q.expected_bytes(geom).detach())
+
+    def option(bits: int) -> int:
+        return layer_bytes(LayerOption(bits=bits, granularity="channel"), geom).total
+
+    assert cost() == option(8)
+    assert q.config(layer.weight.detach()) == GatedConfig(bits=8, kept=1.0)
+    with torch.no_grad():
+        q.alpha8.fill_(2.0)  # above any normalised residual: the 8-bit gate closes
+    assert cost() == option(4)
+    assert q.config(layer.weight.detach()).bits == 4
+    with torch.no_grad():
+        q.alpha4.fill_(2.0)
+    assert cost() == option(2)
+    with torch.no_grad():
+        q.alpha_p.fill_(2.0)  # every group pruned: the bias is all that is left
+    assert cost() == layer_bytes(REMOVED, geom).total
+    assert q.config(layer.weight.detach()) == GatedConfig(bits=2, kept=0.0)
+    assert torch.count_nonzero(q(layer.weight.detach())) == 0
+
+
+def test_kept_fraction_maps_to_removed_dense_or_nearest_density() -> None:
+    geom = find_layers(nn.Sequential(nn.Linear(64, 32)))[0]
+    grid = OptionGrid(layer_options(geom))
+    assert grid.nearest(GatedConfig(bits=4, kept=0.0)) == REMOVED
+    assert grid.nearest(GatedConfig(bits=4, kept=1.0)) == LayerOption(bits=4, granularity="channel")
+    assert grid.nearest(GatedConfig(bits=2, kept=0.3)) == LayerOption(
+        sparsity="unstructured", density=0.25, bits=2, granularity="channel"
+    )
+    steps = grid.steps(GatedConfig(bits=4, kept=1.0))
+    fp16 = grid.options.index(LayerOption())
+    assert steps[fp16].tolist() == [0, 4]  # same level; 4 -> 5 -> 6 -> 8 -> 16 bits
+
+
+def test_settings_are_validated_and_round_trip() -> None:
+    method = get_method("bitshare", {"search_steps": 10, "lambda_iters": 2})
+    assert isinstance(method.settings, BitShareSettings)
+    assert BitShareSettings.from_dict(method.settings.to_dict()) == method.settings
+    with pytest.raises(InvalidOption, match="lambda_max"):
+        BitShareSettings(lambda_min=1.0, lambda_max=0.5)
+    with pytest.raises(InvalidOption, match="group_rows"):
+        get_method("bitshare", {"group_rows": 0})
