@@ -36,12 +36,15 @@ def _conninfo(url: URL) -> str:
 @pytest.fixture(scope="session")
 def pg_admin() -> URL:
     url = normalize_url(PG_ADMIN)
+    problem = None
     try:
         with psycopg.connect(_conninfo(url), connect_timeout=5, autocommit=True) as conn:
             conn.execute("SELECT 1")
     except psycopg.OperationalError as exc:
+        problem = str(exc).strip()
+    if problem is not None:
         pytest.fail(
-            f"Postgres not reachable at {url.host}:{url.port} as {url.username!r} ({exc}). "
+            f"Postgres not reachable at {url.host}:{url.port} as {url.username!r} ({problem}). "
             "These tests need a real Postgres: start it with `service postgresql start` "
             "(or `pg_ctlcluster 15 main start`), or set SLIMLINE_TEST_POSTGRES to an admin URL "
             "such as postgresql://postgres@127.0.0.1:5432/postgres",
