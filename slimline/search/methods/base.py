@@ -131,4 +131,5 @@ def get_method(name: str, settings: Mapping[str, Any] | None = None) -> SearchMe
 
 def _load_builtin() -> None:
     from slimline.search.methods import bitshare  # noqa: F401
+    from slimline.search.methods import squantizer  # noqa: F401
     from slimline.search.methods import uniform  # noqa: F401
