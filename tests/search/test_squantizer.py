@@ -19,6 +19,7 @@ from slimline.search.accounting import kept_count, layer_bytes, plan_bytes, unst
 from slimline.search.compressed import CompressedWeight, compressed_weights
 from slimline.search.export import other_stored_bytes
 from slimline.search.layers import LayerGeometry, find_layers
+from slimline.search.methods import get_method
 from slimline.search.methods.base import SearchContext
 from slimline.search.methods.squantizer import (
     MagnitudeStats,
@@ -192,3 +193,9 @@ def test_finetune_keeps_k_per_layer_every_step_and_ends_within_exact_bytes(
         exact += layer_bytes(opt, g, position_bytes=pos).total
     assert exact <= ctx.layer_budget
     assert evaluate(ctx.model, data)["metric"] > 0.8
+
+
+def test_registered_by_name() -> None:
+    method = get_method("squantizer", {"bits": 3})
+    assert isinstance(method, SQuantizerMethod)
+    assert method.settings == SQuantizerSettings(bits=3)
