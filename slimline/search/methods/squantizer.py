@@ -90,7 +90,7 @@ class MagnitudeStats:
 
 def quantized_option(bits: int, **sparsity: object) -> LayerOption:
     gran = "none" if bits == 16 else "channel"
-    return LayerOption(bits=bits, granularity=gran, **sparsity)  # type: ignore[arg-type]
+    return LayerOption(bits=bits, granularity=gran, **sparsity)
 
 
 def density_for(kept: int, geom: LayerGeometry) -> float:
