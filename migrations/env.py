@@ -12,11 +12,13 @@ from typing import Any
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
+from sqlalchemy import text
 
 from slimline.db.session import make_engine, normalize_url
 from slimline.db.tables import Base, UTCDateTime
 
 config = context.config
+LOCK_KEY = 0x5_11_1E  # any constant shared by every slimline migration run
 target_metadata = Base.metadata
 
 
@@ -67,6 +69,10 @@ def run_migrations_online() -> None:
                 render_item=render_item,
             )
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    # Processes migrating at once (several API replicas starting) take turns;
+                    # the later ones then find the schema at head and do nothing.
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -30,7 +30,8 @@ def default_data_dir() -> Path:
 
 class Settings(BaseSettings):
     """Every knob the service, the worker and the records layer read. Frozen: build a new one
-    (``Settings(**overrides)`` or ``settings.model_copy(update=...)``) to change a value."""
+    with ``Settings(**overrides)`` to change a value (not ``model_copy``, which would not
+    re-derive the paths that default to places under ``data_dir``)."""
 
     model_config = SettingsConfigDict(env_prefix="SLIMLINE_", frozen=True, extra="ignore")
 

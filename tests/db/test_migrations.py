@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,17 @@ def test_prestart_command_fails_when_database_unreachable(
     code = main(["--url", "postgresql://postgres@127.0.0.1:1/x", "--wait", "0"])
     assert code == 1
     assert "error[unavailable]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prestart_processes_migrating_at_once_take_turns(fresh_pg_url: str) -> None:
+    # Several replicas may start together; the advisory lock in env.py serialises them.
+    cmd = [sys.executable, "-m", "slimline.db.migrate", "--url", fresh_pg_url, "--wait", "10"]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    engine = make_engine(fresh_pg_url)
+    try:
+        assert current_revision(engine) == _head(fresh_pg_url)
+    finally:
+        engine.dispose()
