@@ -3,6 +3,8 @@ processes, outages become ``Unavailable``, and settings derive their paths from 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,12 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLIMLINE_MAX_ATTEMPTS", "0")
     with pytest.raises(ValidationError, match="max_attempts"):
         Settings()
+
+
+def test_records_do_not_import_torch() -> None:
+    # The API process imports these; it must not pay for (or depend on) torch.
+    code = (
+        "import sys, slimline.jobs, slimline.config, slimline.db.migrate, slimline.db.uploads, "
+        "slimline.db.artifacts; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
