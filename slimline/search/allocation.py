@@ -88,6 +88,17 @@ def lp_bound(
     return ks.lp(int(budget)).value
 
 
+def byte_range(
+    bytes: Sequence[np.ndarray],
+    damage: Sequence[np.ndarray],
+    *,
+    groups: Sequence[Sequence[int]] = (),
+) -> tuple[int, int]:
+    """(fewest total bytes any allocation needs, bytes of the least-damage allocation)."""
+    ks = _Knapsack(bytes, damage, groups)
+    return ks.min_bytes, ks.max_bytes
+
+
 def pareto_front(
     bytes: Sequence[np.ndarray],
     damage: Sequence[np.ndarray],

@@ -1,0 +1,327 @@
+"""Damage estimators: how much the task loss suffers when one layer's weight w becomes w_hat.
+
+Scoring (DESIGN.md "Scoring and allocation") needs a damage for every layer x option, i.e.
+hundreds to thousands of (w, w_hat) pairs per model. Running the model for each is what a
+black-box search does and what we avoid: an estimator makes ONE pass over calibration data in
+`prepare`, after which `damage` is arithmetic on the stored statistics.
+
+- ``fisher`` (default): the empirical Fisher diagonal F = mean over calibration mini-batches of
+  the squared gradient of the task loss w.r.t. each weight, and damage = sum F (w - w_hat)^2,
+  the second-order term of the loss change with the Fisher standing in for the Hessian (as in
+  Optimal Brain Damage / Fisher pruning). Yang et al. (CVPR 2020) score an option by its plain
+  distortion ||w - w_hat||^2; weighting each weight's error by its loss sensitivity is what
+  makes damages of different layers comparable in one knapsack. Several small batches rather
+  than one big one, so the squared batch gradient stays close to the per-example Fisher.
+- ``hessian``: HAWQ-V2 (Dong et al., NeurIPS 2020): a Hutchinson estimate of each layer's
+  Hessian trace from Rademacher probes (Hessian-vector products by double backward);
+  damage = trace / numel * ||w - w_hat||^2. One number per layer, so it cannot tell which
+  weights of a layer matter; a negative trace estimate is clamped to 0.
+- ``loss``: the measured loss increase on a calibration batch with only this layer replaced.
+  The exception to the contract: its `damage` runs the model. The ground truth in tests, and
+  usable on small models.
+
+All work on eager modules and on graph modules from ``torch.export`` alike: weights are reached
+as ``model.get_submodule(name).weight``, the model runs in eval mode (BatchNorm uses its running
+statistics; graph modules are switched by editing the graph) and is left as found.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from slimline.errors import InvalidOption
+from slimline.search.layers import LayerGeometry, is_graph_module
+from slimline.search.training import TrainData, batches, set_training_mode, task_loss
+
+
+class DamageEstimator(ABC):
+    """Estimates the loss damage of replacing a layer's weight ``w`` by ``w_hat``.
+
+    Contract (every implementation):
+    - `prepare(model, geoms, data, *, batches, batch_size, device, seed)` is called once,
+      before any `damage`. It is the one pass over calibration data: at most ``batches``
+      mini-batches of ``batch_size`` training examples, drawn reproducibly from ``seed``, with
+      the model in eval mode on ``device``. It leaves the model as it found it: same weights,
+      training mode, device and ``requires_grad`` flags; no hooks or parametrizations.
+      The layers in ``geoms`` must be dense (not parametrized).
+    - `damage(geom, w, w_hat)` is the damage of layer ``geom`` with weight ``w_hat`` instead
+      of its dense weight ``w`` (both of the weight's shape). Damages of different layers are
+      in the same units, since the allocator adds them; ``damage(geom, w, w) == 0``. It is
+      arithmetic on what `prepare` stored and does not run the model (`LossDeltaEstimator`
+      is the documented exception).
+    """
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def prepare(
+        self,
+        model: nn.Module,
+        geoms: Sequence[LayerGeometry],
+        data: TrainData,
+        *,
+        batches: int = 8,
+        batch_size: int = 64,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        """The one calibration pass (see the class docstring)."""
+
+    @abstractmethod
+    def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
+        """Damage of ``w_hat`` in place of ``w`` on layer ``geom``."""
+
+
+class FisherEstimator(DamageEstimator):
+    """damage = sum F * (w - w_hat)^2, F the empirical Fisher diagonal (mean squared gradient)."""
+
+    name = "fisher"
+
+    def __init__(self) -> None:
+        self.fisher: dict[str, torch.Tensor] = {}
+
+    def prepare(
+        self,
+        model: nn.Module,
+        geoms: Sequence[LayerGeometry],
+        data: TrainData,
+        *,
+        batches: int = 8,
+        batch_size: int = 64,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        with calibration_mode(model, device), _gradients_on(model, geoms) as weights:
+            sums = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+            n = 0
+            for x, y in _calibration_batches(data, batches, batch_size, seed):
+                loss = task_loss(data.task, model(x.to(device)), y.to(device))
+                grads = torch.autograd.grad(loss, weights, allow_unused=True)
+                for s, g in zip(sums, grads, strict=True):
+                    if g is not None:
+                        s += g.detach().float() ** 2
+                n += 1
+        self.fisher = {g.name: s / max(1, n) for g, s in zip(geoms, sums, strict=True)}
+
+    def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
+        f = self.fisher[geom.name]
+        err = (w.to(f.device).float() - w_hat.to(f.device).float()) ** 2
+        return float((f * err).sum(dtype=torch.float64))
+
+
+class HessianTraceEstimator(DamageEstimator):
+    """damage = tr(H_l) / numel * ||w - w_hat||^2 with a Hutchinson trace estimate (HAWQ-V2)."""
+
+    name = "hessian"
+
+    def __init__(self, probes: int = 2) -> None:
+        if probes < 1:
+            raise InvalidOption(
+                f"hessian probes must be at least 1, got {probes}", field="probes", value=probes
+            )
+        self.probes = probes
+        self.scale: dict[str, float] = {}  # per layer: max(trace, 0) / numel
+
+    def prepare(
+        self,
+        model: nn.Module,
+        geoms: Sequence[LayerGeometry],
+        data: TrainData,
+        *,
+        batches: int = 8,
+        batch_size: int = 64,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        with calibration_mode(model, device), _gradients_on(model, geoms) as weights:
+            traces = [0.0] * len(weights)
+            n = 0
+            for x, y in _calibration_batches(data, batches, batch_size, seed):
+                loss = task_loss(data.task, model(x.to(device)), y.to(device))
+                grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+                live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+                for p in range(self.probes):
+                    probes = [_rademacher(weights[i], gen) for i in live]
+                    hvs = torch.autograd.grad(
+                        [grads[i] for i in live],
+                        [weights[i] for i in live],
+                        grad_outputs=probes,
+                        retain_graph=p < self.probes - 1,
+                        allow_unused=True,
+                    )
+                    for i, v, hv in zip(live, probes, hvs, strict=True):
+                        if hv is not None:
+                            traces[i] += float((v * hv).sum())
+                n += self.probes
+        self.scale = {
+            g.name: max(t / max(1, n), 0.0) / g.numel for g, t in zip(geoms, traces, strict=True)
+        }
+
+    def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
+        err = (w.float() - w_hat.to(w.device).float()) ** 2
+        return self.scale[geom.name] * float(err.sum(dtype=torch.float64))
+
+
+class LossDeltaEstimator(DamageEstimator):
+    """damage = loss(model with only this layer's weight set to w_hat) - loss(model).
+
+    Runs the model once per `damage` call: the exception to the estimator contract, for small
+    models and as ground truth. The calibration set is ``examples`` examples (default
+    ``batches * batch_size``) of the ``split`` ("train": a seeded random subset; "val": the
+    first ones), evaluated in chunks of ``chunk``.
+    """
+
+    name = "loss"
+
+    def __init__(self, examples: int | None = None, split: str = "train", chunk: int = 1024):
+        if split not in ("train", "val"):
+            raise InvalidOption(
+                f"split {split!r} is not one of train, val", field="split", value=split
+            )
+        self.examples, self.split, self.chunk = examples, split, chunk
+        self.base_loss = 0.0
+
+    def prepare(
+        self,
+        model: nn.Module,
+        geoms: Sequence[LayerGeometry],
+        data: TrainData,
+        *,
+        batches: int = 8,
+        batch_size: int = 64,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        n = self.examples if self.examples is not None else batches * batch_size
+        if self.split == "train":
+            gen = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(len(data.x_train), generator=gen)[:n]
+            self.x, self.y = data.x_train[idx], data.y_train[idx]
+        else:
+            self.x, self.y = data.x_val[:n], data.y_val[:n]
+        self.model, self.task, self.device = model, data.task, torch.device(device)
+        self.base_loss = self._loss()
+
+    def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
+        with calibration_mode(self.model, self.device), torch.no_grad():
+            param = _weight(self.model, geom)
+            saved = param.detach().clone()
+            try:
+                param.copy_(w_hat)
+                loss = self._loss()
+            finally:
+                param.copy_(saved)
+        return loss - self.base_loss
+
+    def _loss(self) -> float:
+        """Mean task loss over the calibration set (in chunks, summed in float64)."""
+        total, count = 0.0, 0
+        with calibration_mode(self.model, self.device), torch.no_grad():
+            for i in range(0, len(self.x), self.chunk):
+                x = self.x[i : i + self.chunk].to(self.device)
+                y = self.y[i : i + self.chunk].to(self.device)
+                total += float(task_loss(self.task, self.model(x), y)) * y.numel()
+                count += y.numel()
+        return total / max(1, count)
+
+
+ESTIMATORS: dict[str, type[DamageEstimator]] = {
+    cls.name: cls for cls in (FisherEstimator, HessianTraceEstimator, LossDeltaEstimator)
+}
+
+
+def estimator_names() -> list[str]:
+    return sorted(ESTIMATORS)
+
+
+def get_estimator(name: str, **settings: Any) -> DamageEstimator:
+    """A fresh estimator by name ("fisher", "hessian", "loss"), built with ``settings``."""
+    if name not in ESTIMATORS:
+        raise InvalidOption(
+            f"damage estimator {name!r} is not one of {', '.join(estimator_names())}",
+            field="estimator",
+            value=name,
+        )
+    return ESTIMATORS[name](**settings)
+
+
+# ------------------------------------------------------------------------------ helpers
+@contextmanager
+def calibration_mode(model: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """``model`` in eval mode on ``device`` inside the block; its modes and device after.
+
+    Switching is skipped when nothing would change, so nesting (scoring around a loss
+    estimator's per-option runs) costs nothing and graph modules are not recompiled.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    home = tensors[0].device if tensors else torch.device("cpu")
+    device = torch.device(device)
+    flags = {m: m.training for m in model.modules()}
+    graph_was_training = is_graph_module(model) and model.training
+    if any(flags.values()):
+        set_training_mode(model, False)
+    moved = home != device
+    if moved:
+        model.to(device)
+    try:
+        yield model
+    finally:
+        if moved:
+            model.to(home)
+        if graph_was_training:
+            set_training_mode(model, True)
+        for m, was in flags.items():
+            m.training = was
+
+
+@contextmanager
+def _gradients_on(model: nn.Module, geoms: Sequence[LayerGeometry]) -> Iterator[list[nn.Parameter]]:
+    """The layers' weights, requiring grad inside the block (flags restored after)."""
+    weights = [_weight(model, g) for g in geoms]
+    flags = [w.requires_grad for w in weights]
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            yield weights
+    finally:
+        for w, f in zip(weights, flags, strict=True):
+            w.requires_grad_(f)
+
+
+def _weight(model: nn.Module, geom: LayerGeometry) -> nn.Parameter:
+    mod = model.get_submodule(geom.name)
+    if parametrize.is_parametrized(mod, "weight"):
+        raise InvalidOption(
+            f"layer {geom.name!r} is parametrized (already compressed); score the dense model",
+            field="model",
+            value=geom.name,
+        )
+    w = mod.weight
+    if not isinstance(w, nn.Parameter):
+        raise InvalidOption(
+            f"layer {geom.name!r} has no weight parameter", field="model", value=geom.name
+        )
+    return w
+
+
+def _calibration_batches(
+    data: TrainData, n: int, batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    stream = batches(data, batch_size, seed)
+    for _ in range(max(0, n)):
+        yield next(stream)
+
+
+def _rademacher(like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random +-1 tensor of ``like``'s shape (drawn on the CPU so runs are reproducible)."""
+    v = torch.randint(0, 2, like.shape, generator=gen, dtype=torch.int8)
+    return (v.to(like.dtype) * 2 - 1).to(like.device)

@@ -1,0 +1,273 @@
+"""Scoring: exact bytes and estimated damage of every candidate option on every layer.
+
+The "score" stage of DESIGN.md: one calibration pass (the estimator's `prepare`), then for
+each layer and option the compressed weight w_hat exactly as fine-tuning starts it
+(`CompressedWeight(option, w)(w)`: magnitude mask, then survivors quantized with the initial
+scales), its exact bytes in the file (unstructured positions from that very mask) and its
+damage. Interactions of sparsity and quantization are measured on the combined w_hat, not
+assumed additive. The result, `Scores`, is stored with the job; re-solving it for another
+budget (`Scores.resolve`) or drawing the whole accuracy-vs-size curve (`Scores.pareto`) needs
+no model.
+
+Compared with Yang et al. (CVPR 2020), who score one bit-width per layer by its quantization
+distortion, an option here is a (sparsity pattern, bits, scale granularity) triple, its cost is
+the file's bytes (scales, indices and bias included) and its damage is loss-aware.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimline.errors import InvalidOption
+from slimline.search.accounting import kept_count, layer_bytes
+from slimline.search.allocation import Allocation, allocate, byte_range, pareto_front
+from slimline.search.compressed import CompressedWeight
+from slimline.search.estimators import DamageEstimator, calibration_mode, get_estimator
+from slimline.search.layers import LayerGeometry
+from slimline.search.options import DENSITIES, FP16, NM_PATTERNS, REMOVED, LayerOption, Plan
+from slimline.search.position_codes import position_stream_bytes
+from slimline.search.training import Progress, TrainData
+
+DENSE_BITS = (2, 3, 4, 5, 6, 8)
+NM_BITS = (2, 3, 4, 6, 8)  # and fp16
+UNSTRUCTURED_BITS = (2, 3, 4)
+TENSOR_SCALE_BITS = (2, 3, 4)  # bits at which small layers also get one scale per tensor
+# A layer is "small" when its per-channel fp16 scales exceed this share of its dense 4-bit
+# values: there one scale per tensor can be worth its extra error.
+SMALL_LAYER_SCALE_SHARE = 0.10
+
+
+def candidate_options(geom: LayerGeometry) -> list[LayerOption]:
+    """The default search space of one layer (about 40-70 options; small layers more).
+
+    fp16; dense at 2-8 bits; every N:M pattern that fits a row at 2, 3, 4, 6, 8 bits and
+    fp16; unstructured at each of `DENSITIES` (distinct kept counts only) at 2, 3, 4 bits;
+    removed. Quantized options use per-channel scales; a small layer (see
+    `SMALL_LAYER_SCALE_SHARE`) without a folded norm also gets per-tensor variants at 2-4 bits
+    (with a folded norm a per-tensor scale becomes per-channel anyway). A plain function:
+    pass another to `score_model` to search a different space.
+    """
+    out = [FP16]
+    out += [LayerOption(bits=b, granularity="channel") for b in DENSE_BITS]
+    for n, m in NM_PATTERNS:
+        if m > geom.row_len:
+            continue  # a group longer than the row would be mostly padding
+        out.append(LayerOption(sparsity="nm", n=n, m=m, bits=16))
+        out += [
+            LayerOption(sparsity="nm", n=n, m=m, bits=b, granularity="channel") for b in NM_BITS
+        ]
+    seen: set[int] = set()
+    for d in DENSITIES:
+        opt = LayerOption(sparsity="unstructured", density=d, bits=2, granularity="channel")
+        k = kept_count(opt, geom.rows, geom.row_len)
+        if k >= geom.numel or k in seen:
+            continue
+        seen.add(k)
+        out += [replace(opt, bits=b) for b in UNSTRUCTURED_BITS]
+    small = 2 * geom.rows > SMALL_LAYER_SCALE_SHARE * geom.numel * 4 / 8
+    if small and geom.norm is None and geom.rows > 1:
+        out += [
+            replace(o, granularity="tensor")
+            for o in list(out)
+            if o.quantized and o.bits in TENSOR_SCALE_BITS
+        ]
+    out.append(REMOVED)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class LayerScores:
+    """One layer's candidate options with their exact bytes and estimated damage."""
+
+    name: str  # module path of the layer
+    options: list[LayerOption]
+    bytes: np.ndarray  # int64 [options]: exact bytes of the layer's streams in the file
+    damage: np.ndarray  # float64 [options]: estimated loss damage
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bytes", np.asarray(self.bytes, dtype=np.int64))
+        object.__setattr__(self, "damage", np.asarray(self.damage, dtype=np.float64))
+        n = len(self.options)
+        if n == 0 or self.bytes.shape != (n,) or self.damage.shape != (n,):
+            raise InvalidOption(
+                f"layer {self.name!r}: {n} options need {n} bytes and {n} damages, got "
+                f"{self.bytes.shape} and {self.damage.shape}",
+                field="scores",
+                value=self.name,
+            )
+        if not np.isfinite(self.damage).all():
+            raise InvalidOption(
+                f"layer {self.name!r}: damages must be finite", field="scores", value=self.name
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "options": [o.to_str() for o in self.options],
+            "bytes": [int(b) for b in self.bytes],
+            "damage": [float(d) for d in self.damage],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerScores:
+        try:
+            return cls(
+                name=str(data["name"]),
+                options=[LayerOption.from_str(str(s)) for s in data["options"]],
+                bytes=np.asarray(data["bytes"], dtype=np.int64),
+                damage=np.asarray(data["damage"], dtype=np.float64),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidOption(
+                f"layer scores need name, options, bytes and damage: {exc}", field="scores"
+            ) from None
+
+
+@dataclass(frozen=True, eq=False)
+class Scores:
+    """Scores of every compressible layer of a model: enough to allocate any budget."""
+
+    VERSION = 1
+
+    layers: list[LayerScores]
+    estimator: str  # name of the damage estimator that produced the damages
+    groups: list[list[str]] = field(default_factory=list)  # tied layers: same option each
+
+    def __post_init__(self) -> None:
+        index = {ls.name: i for i, ls in enumerate(self.layers)}
+        if len(index) != len(self.layers):
+            raise InvalidOption("layer names in scores must be unique", field="scores")
+        for group in self.groups:
+            unknown = [n for n in group if n not in index]
+            if unknown:
+                raise InvalidOption(
+                    f"tied group {group} names unknown layers {unknown}",
+                    field="groups",
+                    value=group,
+                )
+            opts = {tuple(o.to_str() for o in self.layers[index[n]].options) for n in group}
+            if len(opts) > 1:
+                raise InvalidOption(
+                    f"tied layers {group} must have the same options", field="groups", value=group
+                )
+
+    # ------------------------------------------------------------------------- allocation
+    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], list[list[int]]]:
+        index = {ls.name: i for i, ls in enumerate(self.layers)}
+        groups = [[index[n] for n in g] for g in self.groups]
+        return [ls.bytes for ls in self.layers], [ls.damage for ls in self.layers], groups
+
+    def allocation(self, layer_budget: int, solver: str = "exact") -> Allocation:
+        """The least-damage choice whose layer bytes fit ``layer_budget``."""
+        b, d, groups = self._arrays()
+        return allocate(b, d, layer_budget, solver=solver, groups=groups)
+
+    def resolve(self, layer_budget: int, solver: str = "exact") -> Plan:
+        """The plan of the least-damage allocation within ``layer_budget`` layer bytes."""
+        a = self.allocation(layer_budget, solver)
+        return Plan({ls.name: ls.options[c] for ls, c in zip(self.layers, a.choice, strict=True)})
+
+    def pareto(self, points: int = 40) -> list[dict[str, Any]]:
+        """Optimal (bytes, damage) at ``points`` budgets from `min_bytes` to `max_bytes`."""
+        b, d, groups = self._arrays()
+        return [{"bytes": nb, "damage": nd} for nb, nd in pareto_front(b, d, points, groups=groups)]
+
+    def min_bytes(self) -> int:
+        """The fewest layer bytes any allocation needs (every layer at its cheapest option)."""
+        b, d, groups = self._arrays()
+        return byte_range(b, d, groups=groups)[0]
+
+    def max_bytes(self) -> int:
+        """Layer bytes of the least-damage allocation: no budget above it lowers damage."""
+        b, d, groups = self._arrays()
+        return byte_range(b, d, groups=groups)[1]
+
+    # ---------------------------------------------------------------------- serialization
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.VERSION,
+            "estimator": self.estimator,
+            "groups": [list(g) for g in self.groups],
+            "layers": [ls.to_dict() for ls in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Scores:
+        version = data.get("version")
+        if version != cls.VERSION:
+            raise InvalidOption(
+                f"scores version {version!r} is not supported (this slimline reads {cls.VERSION})",
+                field="version",
+                value=version,
+            )
+        layers = data.get("layers")
+        if not isinstance(layers, list):
+            raise InvalidOption("scores 'layers' must be a list", field="layers", value=layers)
+        return cls(
+            layers=[LayerScores.from_dict(x) for x in layers],
+            estimator=str(data.get("estimator", "")),
+            groups=[[str(n) for n in g] for g in data.get("groups", [])],
+        )
+
+
+def score_model(
+    model: nn.Module,
+    geoms: Sequence[LayerGeometry],
+    data: TrainData,
+    *,
+    estimator: str | DamageEstimator = "fisher",
+    options: Callable[[LayerGeometry], list[LayerOption]] = candidate_options,
+    batches: int = 8,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    groups: Sequence[Sequence[str]] = (),
+    progress: Progress | None = None,
+) -> Scores:
+    """Bytes and damage of every option of every layer, from one calibration pass.
+
+    ``estimator`` is a name (`estimators.get_estimator`) or a prepared-to-be instance. The
+    model is left unchanged. ``progress`` gets ``{"step": i, "total": n}`` after each layer.
+    The model is run ``batches`` times by `prepare` and never per option (except by the
+    "loss" estimator, whose damage is a measurement).
+    """
+    est = get_estimator(estimator) if isinstance(estimator, str) else estimator
+    geoms = list(geoms)
+    out: list[LayerScores] = []
+    with calibration_mode(model, device):
+        est.prepare(
+            model, geoms, data, batches=batches, batch_size=batch_size, device=device, seed=seed
+        )
+        for step, geom in enumerate(geoms, start=1):
+            w = model.get_submodule(geom.name).weight.detach().clone()
+            opts = list(options(geom))
+            nbytes = np.empty(len(opts), dtype=np.int64)
+            damage = np.empty(len(opts), dtype=np.float64)
+            for j, opt in enumerate(opts):
+                nbytes[j], damage[j] = _score_option(est, geom, w, opt)
+            out.append(LayerScores(geom.name, opts, nbytes, damage))
+            if progress is not None:
+                progress({"step": step, "total": len(geoms)})
+    return Scores(out, est.name, [list(g) for g in groups])
+
+
+def _score_option(
+    est: DamageEstimator, geom: LayerGeometry, w: torch.Tensor, opt: LayerOption
+) -> tuple[int, float]:
+    """(exact bytes, damage) of ``opt`` on the layer whose dense weight is ``w``."""
+    with torch.no_grad():
+        cw = CompressedWeight(opt, w).to(w.device)
+        w_hat = cw(w)
+    position_bytes = None
+    if opt.sparsity == "unstructured":
+        assert cw.mask is not None
+        kept = int(cw.mask.sum())
+        position_bytes = position_stream_bytes(geom.numel, kept, cw.mask.reshape(-1))
+    nbytes = layer_bytes(opt, geom, position_bytes=position_bytes).total
+    return nbytes, est.damage(geom, w, w_hat)

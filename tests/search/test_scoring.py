@@ -1,0 +1,316 @@
+"""Scoring: candidate options, one calibration pass, exact bytes, damage that ranks like the loss.
+
+Real MNIST from ../shared/data throughout. The ground-truth check trains a LeNet-5 briefly and
+compares, layer by layer, Fisher damage with the measured loss increase of each option.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+from torch.nn.utils import parametrize
+
+from slimline.errors import InvalidOption
+from slimline.models.datasets import load_dataset
+from slimline.models.lenet import LeNet5, LeNet5Config
+from slimline.search.accounting import layer_bytes, plan_bytes
+from slimline.search.compressed import CompressedWeight
+from slimline.search.estimators import (
+    FisherEstimator,
+    LossDeltaEstimator,
+    get_estimator,
+)
+from slimline.search.layers import LayerGeometry, find_layers
+from slimline.search.options import FP16, REMOVED, LayerOption
+from slimline.search.position_codes import position_stream_bytes
+from slimline.search.scoring import Scores, candidate_options, score_model
+from slimline.search.training import TrainConfig, evaluate, train
+
+DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@dataclass
+class Split:
+    """A TrainData over a slice of MNIST."""
+
+    task: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+@pytest.fixture(scope="module")
+def mnist() -> Split:
+    data = load_dataset("mnist", DATA_ROOT)
+    return Split("classify", data.x_train, data.y_train, data.x_val, data.y_val)
+
+
+def small_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 24),
+        nn.ReLU(),
+        nn.Linear(24, 24),
+        nn.ReLU(),
+        nn.Linear(24, 24),
+        nn.ReLU(),
+        nn.Linear(24, 10),
+    )
+
+
+def conv_bn() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 5, stride=2),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 12 * 12, 10),
+    )
+
+
+def few_options(geom: LayerGeometry) -> list[LayerOption]:
+    return [FP16, LayerOption(bits=4, granularity="channel"), REMOVED]
+
+
+def exact_position_bytes(model: nn.Module, plan, geoms: list[LayerGeometry]) -> dict[str, int]:
+    out = {}
+    for g in geoms:
+        opt = plan[g.name]
+        if opt.sparsity == "unstructured":
+            mask = CompressedWeight(opt, model.get_submodule(g.name).weight.detach()).mask
+            out[g.name] = position_stream_bytes(g.numel, int(mask.sum()), mask.reshape(-1))
+    return out
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "device": {p.device for p in model.parameters()},
+        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["state"].keys() == before["state"].keys()
+    for k, v in before["state"].items():
+        assert torch.equal(after["state"][k], v), k
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["device"] == before["device"]
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert after["hooks"] == before["hooks"]
+
+
+# ------------------------------------------------------------------------ candidate options
+def test_candidate_options_of_a_big_layer() -> None:
+    geom = LayerGeometry("fc", "linear", (500, 800), has_bias=True)
+    opts = candidate_options(geom)
+    assert 40 <= len(opts) <= 70
+    assert len(set(opts)) == len(opts)
+    assert opts[0] == FP16 and opts[-1] == REMOVED
+    assert {o.granularity for o in opts} == {"none", "channel"}
+    kinds = {(o.sparsity, o.n, o.m) for o in opts}
+    assert ("nm", 2, 4) in kinds and ("nm", 4, 8) in kinds and ("unstructured", 0, 0) in kinds
+    assert all(layer_bytes(o, geom).total > 0 for o in opts)
+
+
+def test_small_layers_also_get_per_tensor_scales_unless_a_norm_is_folded() -> None:
+    small = LayerGeometry("conv1", "conv2d", (20, 1, 5, 5), has_bias=True)
+    assert "tensor" in {o.granularity for o in candidate_options(small)}
+    folded = LayerGeometry("conv1", "conv2d", (20, 1, 5, 5), has_bias=False, norm="bn1")
+    assert "tensor" not in {o.granularity for o in candidate_options(folded)}
+    short = LayerGeometry("fc", "linear", (10, 6), has_bias=True)  # rows of 6: no 1:8 etc.
+    assert all(o.m <= 6 for o in candidate_options(short))
+
+
+# ------------------------------------------------------------------- one calibration pass
+@pytest.mark.parametrize("estimator", ["fisher", "hessian"])
+def test_scoring_runs_the_model_batches_times_whatever_the_options(mnist, estimator) -> None:
+    model = small_mlp()
+    geoms = find_layers(model)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    counts = []
+    for options in (few_options, candidate_options):
+        calls.clear()
+        s = score_model(model, geoms, mnist, estimator=estimator, options=options, batches=3)
+        counts.append(len(calls))
+        assert sum(len(ls.options) for ls in s.layers) == sum(len(options(g)) for g in geoms)
+    assert counts == [3, 3]
+
+
+def test_scores_are_exact_bytes_and_damage_of_the_compressed_weight(mnist) -> None:
+    model = small_mlp()
+    geoms = find_layers(model)
+    progress = []
+    s = score_model(model, geoms, mnist, batches=2, progress=progress.append)
+    assert progress == [{"step": i, "total": 4} for i in range(1, 5)]
+    assert s.estimator == "fisher"
+    est = FisherEstimator()
+    est.prepare(model, geoms, mnist, batches=2)
+    for g, ls in zip(geoms, s.layers, strict=True):
+        w = model.get_submodule(g.name).weight.detach()
+        assert ls.name == g.name and ls.options == candidate_options(g)
+        for opt, b, d in zip(ls.options, ls.bytes, ls.damage, strict=True):
+            cw = CompressedWeight(opt, w)
+            pos = None
+            if opt.sparsity == "unstructured":
+                pos = position_stream_bytes(g.numel, int(cw.mask.sum()), cw.mask.reshape(-1))
+            assert b == layer_bytes(opt, g, position_bytes=pos).total
+            with torch.no_grad():
+                assert d == pytest.approx(est.damage(g, w, cw(w)), rel=1e-6)
+        fp16, removed = ls.options.index(FP16), ls.options.index(REMOVED)
+        assert ls.damage[fp16] < ls.damage[removed]
+        assert ls.bytes[removed] == int(ls.bytes.min())
+
+
+@pytest.mark.parametrize("estimator", ["fisher", "hessian", "loss"])
+def test_the_model_is_left_unchanged(mnist, estimator) -> None:
+    model = conv_bn().train()
+    model[4].bias.requires_grad_(False)
+    before = snapshot(model)
+    geoms = find_layers(model)
+    assert geoms[0].norm == "1"
+    score_model(model, geoms, mnist, estimator=estimator, options=few_options, batches=2)
+    assert_unchanged(model, before)
+
+
+def test_graph_modules_score_like_their_eager_model(mnist, tmp_path: Path) -> None:
+    from slimline.models.program import export_program, load_program, set_graph_training
+
+    eager = conv_bn().eval()
+    export_program(eager, mnist.x_val[:2], tmp_path / "m.pt2")
+    gm = load_program(tmp_path / "m.pt2")
+    set_graph_training(gm, True)
+    calls = []
+    gm.register_forward_pre_hook(lambda *_: calls.append(1))
+    before = snapshot(gm)
+    s_graph = score_model(gm, find_layers(gm), mnist, options=candidate_options, batches=2)
+    assert len(calls) == 2
+    assert_unchanged(gm, before)
+    s_eager = score_model(eager, find_layers(eager), mnist, options=candidate_options, batches=2)
+    for a, b in zip(s_graph.layers, s_eager.layers, strict=True):
+        assert a.options == b.options
+        np.testing.assert_array_equal(a.bytes, b.bytes)
+        np.testing.assert_allclose(a.damage, b.damage, rtol=1e-4, atol=1e-12)
+    # still in training mode: batch statistics, as the eager model in train mode
+    x = mnist.x_val[:16]
+    torch.testing.assert_close(gm(x), copy.deepcopy(eager).train()(x), atol=1e-5, rtol=0)
+
+
+def test_unknown_estimator_lists_the_names() -> None:
+    with pytest.raises(InvalidOption, match="fisher, hessian, loss"):
+        get_estimator("variance")
+
+
+def test_parametrized_layers_are_refused(mnist) -> None:
+    from slimline.search.compressed import apply_plan
+    from slimline.search.options import Plan
+
+    model = small_mlp()
+    geoms = find_layers(model)
+    apply_plan(model, Plan.uniform([g.name for g in geoms], FP16), geoms)
+    with pytest.raises(InvalidOption, match="parametrized"):
+        score_model(model, geoms, mnist, options=few_options, batches=1)
+
+
+# --------------------------------------------------------------------- stored scores, plans
+def test_scores_round_trip_resolve_within_budget_and_pareto(mnist) -> None:
+    model = small_mlp()
+    geoms = find_layers(model)
+    s = score_model(model, geoms, mnist, batches=2)
+    back = Scores.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back.to_dict() == s.to_dict()
+    for a, b in zip(back.layers, s.layers, strict=True):
+        assert a.options == b.options
+        np.testing.assert_array_equal(a.bytes, b.bytes)
+        np.testing.assert_array_equal(a.damage, b.damage)
+
+    lo, hi = s.min_bytes(), s.max_bytes()
+    assert lo < hi
+    for frac in (0.0, 0.02, 0.1, 0.3, 0.7, 1.0):
+        budget = int(lo + frac * (hi - lo))
+        plan = back.resolve(budget)
+        a = back.allocation(budget)
+        exact = plan_bytes(
+            plan, geoms, 0, 0, position_bytes=exact_position_bytes(model, plan, geoms)
+        )
+        used = sum(lb.total for lb in exact.layers.values())
+        assert used == a.bytes <= budget
+        greedy = back.resolve(budget, solver="greedy")
+        assert set(greedy) == set(plan)
+
+    front = s.pareto(10)
+    assert front[0]["bytes"] == lo and front[-1]["bytes"] == hi
+    assert all(p["bytes"] <= q["bytes"] for p, q in zip(front, front[1:], strict=False))
+    assert all(p["damage"] >= q["damage"] for p, q in zip(front, front[1:], strict=False))
+    json.dumps(front)
+
+
+def test_tied_layers_take_the_same_option(mnist) -> None:
+    model = small_mlp()
+    geoms = find_layers(model)
+    names = [g.name for g in geoms]
+    assert names == ["1", "3", "5", "7"]
+    s = score_model(model, geoms, mnist, batches=2, groups=[["3", "5"]])
+    back = Scores.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back.groups == [["3", "5"]]
+    lo, hi = back.min_bytes(), back.max_bytes()
+    for frac in (0.05, 0.2, 0.5):
+        plan = back.resolve(int(lo + frac * (hi - lo)))
+        assert plan["3"] == plan["5"]
+    with pytest.raises(InvalidOption, match="same options"):
+        Scores([s.layers[0], s.layers[1]], "fisher", [["1", "3"]])
+    with pytest.raises(InvalidOption, match="unknown layers"):
+        Scores(s.layers, "fisher", [["3", "nope"]])
+
+
+# ------------------------------------------------------------- damage ranks like the loss
+@pytest.mark.slow
+def test_fisher_damage_ranks_options_like_the_measured_loss_on_lenet5(mnist) -> None:
+    """Spearman per layer >= 0.8 between Fisher damage and the measured loss increase.
+
+    Every other candidate option of each layer (to keep the test short; the full sets give
+    about the same correlations), loss measured on 2,000 held-out images.
+    """
+    torch.manual_seed(0)
+    model = LeNet5(LeNet5Config())
+    subset = Split(
+        "classify",
+        mnist.x_train[:8000],
+        mnist.y_train[:8000],
+        mnist.x_val[:2000],
+        mnist.y_val[:2000],
+    )
+    train(model, subset, TrainConfig(epochs=1, batch_size=64, lr=2e-3))
+    assert evaluate(model, subset)["metric"] > 0.93
+    geoms = find_layers(model)
+    fisher, truth = FisherEstimator(), LossDeltaEstimator(split="val")
+    fisher.prepare(model, geoms, subset)
+    truth.prepare(model, geoms, subset)
+    rho = {}
+    for g in geoms:
+        w = model.get_submodule(g.name).weight.detach().clone()
+        est, real = [], []
+        for opt in candidate_options(g)[::2]:
+            with torch.no_grad():
+                w_hat = CompressedWeight(opt, w)(w)
+            est.append(fisher.damage(g, w, w_hat))
+            real.append(truth.damage(g, w, w_hat))
+        rho[g.name] = spearmanr(est, real).statistic
+    print("Spearman(fisher, measured loss increase) per layer:", rho)
+    assert all(r >= 0.8 for r in rho.values()), rho
