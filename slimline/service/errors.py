@@ -1,0 +1,105 @@
+"""The one place that turns errors into HTTP responses.
+
+Every error leaves the API as ``{"code", "message", "field"?}`` with the status the error
+class declares (``SlimlineError.http_status``). Pydantic's validation errors, malformed JSON,
+unknown routes and unexpected exceptions are converted into the same shape first, so clients
+parse one format. The HTTP-only errors (401, 413, 429) live here as subclasses of the one
+hierarchy in ``slimline.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from slimline.errors import SlimlineError
+
+log = logging.getLogger("slimline.service")
+
+
+class BadRequest(SlimlineError):
+    """A request the server cannot read at all (malformed JSON or multipart)."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class Unauthorized(SlimlineError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class TooLarge(SlimlineError):
+    code = "too_large"
+    http_status = 413
+
+
+class RateLimited(SlimlineError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}
+
+
+def _field(loc: Sequence[Any]) -> str:
+    # ("body", "budget") -> "budget"; ("query", "limit") -> "limit"; nested -> "a.b.0"
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    return ".".join(parts) or str(loc[-1] if loc else "")
+
+
+def _from_validation(exc: RequestValidationError) -> SlimlineError:
+    errors = list(exc.errors())
+    if errors and errors[0].get("type") == "json_invalid":
+        return BadRequest(f"request body is not valid JSON: {errors[0].get('msg')}")
+    parts, first_field = [], None
+    for err in errors:
+        field = _field(err.get("loc", ()))
+        first_field = first_field or field
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+        parts.append(f"{field}: {msg}{got}" if field else f"{msg}{got}")
+    out = SlimlineError("; ".join(parts) or "invalid request", field=first_field)
+    out.code, out.http_status = "invalid_input", 422
+    return out
+
+
+def to_slimline_error(exc: Exception) -> SlimlineError:
+    if isinstance(exc, SlimlineError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return _from_validation(exc)
+    if isinstance(exc, HTTPException):
+        out = SlimlineError(str(exc.detail))
+        out.code, out.http_status = _HTTP_CODES.get(exc.status_code, "error"), exc.status_code
+        return out
+    log.exception("unhandled error", exc_info=exc)
+    return SlimlineError("internal error; the server log has the details")
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    """The single exception handler (registered for every exception type)."""
+    err = to_slimline_error(exc)
+    headers: dict[str, str] = {}
+    if isinstance(err, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(err, RateLimited):
+        headers["Retry-After"] = str(err.retry_after_s)
+    if isinstance(err, TooLarge):
+        headers["Connection"] = "close"  # the rest of the body is not read
+    return JSONResponse(err.to_dict(), status_code=err.http_status, headers=headers)
+
+
+def install_error_handler(app: FastAPI) -> None:
+    for exc_type in (SlimlineError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(exc_type, handle_error)
