@@ -99,6 +99,8 @@ class JobState:
     header_bytes: int = 0
     verify: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # Polled between training steps (the worker's cancellation and time limit); None: never.
+    should_stop: Callable[[], bool] | None = None
 
     @property
     def source(self) -> ModelSource:
@@ -200,6 +202,7 @@ def search_context(state: JobState, stage: str, progress: StageProgress) -> Sear
         progress=lambda e: progress(stage, e),
         device=state.device,
         seed=state.spec.seed,
+        should_stop=state.should_stop,
     )
 
 
