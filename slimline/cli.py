@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slimline.errors import SlimlineError
+from slimline.errors import InvalidInput, SlimlineError
 
 
 class StageBar:
@@ -47,14 +47,24 @@ class StageBar:
         self.stream.flush()
 
 
+def _json_object(text: str | None, flag: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--{flag} is not valid JSON: {exc}", field=flag) from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"--{flag} must be a JSON object, got {text!r}", field=flag)
+    return value
+
+
 def _compress(args: argparse.Namespace) -> int:
     from slimline.budget import parse_budget
     from slimline.pipeline.report import build_report, render_report
     from slimline.pipeline.stages import JobSpec, run_job
 
-    config = json.loads(args.config) if args.config else {}
-    if not isinstance(config, dict):
-        raise SlimlineError("--config must be a JSON object", field="config")
+    config = _json_object(args.config, "config")
     spec = JobSpec(
         model=args.model,
         data=args.data,
@@ -68,6 +78,7 @@ def _compress(args: argparse.Namespace) -> int:
         out=Path(args.out),
         device=args.device,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        method_settings=_json_object(args.method_settings, "method-settings"),
         max_steps=args.max_steps,
     )
     state = run_job(spec, StageBar(quiet=args.json))
@@ -96,7 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--data-root", default=None, help="folder of named datasets (default: $SLIMLINE_DATA_ROOT)"
     )
-    c.add_argument("--method", default="uniform", help="search method (default: uniform)")
+    c.add_argument(
+        "--method",
+        default="constrained",
+        help="search method: constrained (default), uniform, bitshare, squantizer, optuna",
+    )
+    c.add_argument(
+        "--method-settings",
+        default=None,
+        help="the method's settings as JSON, e.g. '{\"rho\": 0.01}'",
+    )
     c.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs")
     c.add_argument("--max-steps", type=int, default=None, help="cap on fine-tuning steps")
     c.add_argument(
@@ -126,9 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except SlimlineError as exc:
         print(f"error[{exc.code}]: {exc.message}", file=sys.stderr)
-        return 2
-    except json.JSONDecodeError as exc:
-        print(f"error[invalid_input]: --config is not valid JSON: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

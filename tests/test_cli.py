@@ -154,7 +154,9 @@ def test_uniform_method_infeasible_before_training(
     # above the all-removed floor but below every uniform option
     empty_cache = tmp_path / "cache"
     code, _, err = run_cli(
-        ["digits-cnn", "--data", "digits", "--budget", "1200"], empty_cache, capsys
+        ["digits-cnn", "--data", "digits", "--budget", "1200", "--method", "uniform"],
+        empty_cache,
+        capsys,
     )
     assert code == 2 and "error[infeasible_budget]" in err
     assert "the uniform method reaches" in err

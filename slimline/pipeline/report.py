@@ -61,10 +61,27 @@ def build_report(state: JobState) -> dict[str, Any]:
         "checkpoint": str(state.spec.out),
         "layers": layers,
         "timings": {k: round(v, 3) for k, v in state.timings.items()},
+        "scores_seconds": state.search_report.get("scores_seconds"),
+        "allocation_seconds": state.search_report.get("allocation_seconds"),
+        "pareto": pareto_curve(state),
+        "projections": state.search_report.get("projections", []),
         "total_seconds": round(sum(state.timings.values()), 3),
         "seed": state.spec.seed,
     }
     return report
+
+
+def pareto_curve(state: JobState, points: int = 40) -> list[dict[str, float]] | None:
+    """Least estimated damage at each file size, from the stored scores (no model needed)."""
+    if state.scores is None:
+        return None
+    from slimline.search.scoring import Scores
+
+    fixed = state.other_bytes + state.header_bytes
+    return [
+        {"file_bytes": int(p["bytes"]) + fixed, "damage": float(p["damage"])}
+        for p in Scores.from_dict(state.scores).pareto(points)
+    ]
 
 
 def _kb(n: int) -> str:
@@ -97,6 +114,14 @@ def render_report(r: dict[str, Any]) -> str:
         f"{100 * r['retention']:.2f}%)",
         f"verify    reloaded file equals trained model: {r['verify'].get('equal')} "
         f"(max abs diff {r['verify'].get('max_abs_diff', float('nan')):.2e})",
+        *(
+            [
+                f"search    scoring {r['scores_seconds']:.1f}s, allocation "
+                f"{r['allocation_seconds']:.3f}s, {len(r['projections'])} re-projections"
+            ]
+            if r.get("scores_seconds") is not None
+            else []
+        ),
         "time      "
         + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings"].items())
         + f"; total {r['total_seconds']:.1f}s",

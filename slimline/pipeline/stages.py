@@ -62,7 +62,7 @@ class JobSpec:
     model: str
     data: str
     budget: Budget
-    method: str = "uniform"
+    method: str = "constrained"
     epochs: float | None = None  # fine-tuning epochs (None: the model's default)
     seed: int = 0
     data_root: str | None = None
@@ -91,6 +91,8 @@ class JobState:
     dense_metrics: dict[str, float] = field(default_factory=dict)
     weights_source: str = ""
     plan: Plan | None = None
+    scores: dict[str, Any] | None = None  # the scoring pass, JSON-safe (re-solvable later)
+    search_report: dict[str, Any] = field(default_factory=dict)
     planned: ModelBytes | None = None
     positions: dict[str, int] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
@@ -210,6 +212,9 @@ def plan(state: JobState, progress: StageProgress) -> None:
     assert state.model is not None
     method = get_method(state.spec.method, state.spec.method_settings)
     state.plan = method.propose(search_context(state, "plan", progress))
+    state.search_report.update(method.report)
+    if method.last_scores is not None:
+        state.scores = method.last_scores.to_dict()
     state.positions = exact_positions(state.model, state.geoms, state.plan)
     state.planned = plan_bytes(
         state.plan, state.geoms, state.other_bytes, 0, position_bytes=state.positions
@@ -251,6 +256,11 @@ def finetune(state: JobState, progress: StageProgress) -> None:
     torch.manual_seed(state.spec.seed)
     ctx = search_context(state, "fine-tune", progress)
     state.plan = method.finetune(ctx, state.plan, finetune_config(state))
+    for key, value in method.report.items():
+        if isinstance(value, float) and isinstance(state.search_report.get(key), float):
+            state.search_report[key] += value
+        else:
+            state.search_report[key] = value
     state.model.cpu()
     cws = compressed_weights(state.model)
     state.positions = {

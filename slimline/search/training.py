@@ -90,11 +90,13 @@ def train(
     progress: Progress | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Adam + cosine schedule for ``cfg.steps`` steps; returns the loss of every step.
 
     ``loss_fn(logits, y, x)`` replaces the task loss when given (distillation, regularizers).
-    ``should_stop`` is polled between steps (cancellation, time limits).
+    ``should_stop`` is polled between steps (cancellation, time limits); ``on_step(step)`` runs
+    after every optimizer step (re-projection, mask refresh).
     """
     device = torch.device(device)
     model.to(device)
@@ -118,6 +120,8 @@ def train(
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1)
         if progress and (step % report_every == 0 or step == total - 1):
             progress({"step": step + 1, "total": total, "loss": losses[-1]})
     set_training_mode(model, False)

@@ -78,6 +78,8 @@ class SearchMethod(ABC):
 
     def __init__(self, settings: MethodSettings | None = None) -> None:
         self.settings = settings if settings is not None else self.settings_cls()
+        self.last_scores: Any = None  # Scores of the latest scoring pass, for methods that score
+        self.report: dict[str, Any] = {}  # figures for the job report (seconds, projections)
 
     @abstractmethod
     def propose(self, ctx: SearchContext) -> Plan:
@@ -132,4 +134,4 @@ def get_method(name: str, settings: Mapping[str, Any] | None = None) -> SearchMe
 def _load_builtin() -> None:
     from slimline.search.methods import bitshare  # noqa: F401
     from slimline.search.methods import squantizer  # noqa: F401
-    from slimline.search.methods import uniform  # noqa: F401
+    from slimline.search.methods import constrained, uniform  # noqa: F401

@@ -1,0 +1,138 @@
+"""Search methods side by side: accuracy per byte at fixed budgets, same fine-tuning for all.
+
+Every method starts from the same cached dense weights and gets the same fine-tuning steps;
+the table shows accuracy, retention, the measured file size and where the time went (search vs
+fine-tuning). This is the issue-3 comparison; the full suite (bench.suite) comes with SLOPE.
+
+    python -m bench.compare_methods [--models lenet5 lenet300] [--ratios 16 32 64]
+        [--methods uniform constrained bitshare squantizer optuna] [--epochs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from slimline.budget import Budget
+from slimline.errors import SlimlineError
+from slimline.pipeline.report import build_report
+from slimline.pipeline.stages import JobSpec, run_job
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+METHODS = ["uniform", "constrained", "bitshare", "squantizer", "optuna"]
+
+
+def run_cell(
+    model: str, method: str, ratio: float, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
+    spec = JobSpec(
+        model=model,
+        data="mnist",
+        budget=Budget(ratio=ratio),
+        method=method,
+        epochs=args.epochs,
+        seed=0,
+        data_root=str(args.data_root),
+        out=out,
+        cache_dir=args.cache_dir,
+        max_steps=args.max_steps,
+    )
+    t0 = time.perf_counter()
+    try:
+        report = build_report(run_job(spec))
+    except SlimlineError as exc:
+        return {"model": model, "method": method, "ratio_target": ratio, "error": exc.message}
+    t = report["timings"]
+    return {
+        "model": model,
+        "method": method,
+        "ratio_target": ratio,
+        "metric": report["metric"],
+        "dense_metric": report["dense_metric"],
+        "retention": report["retention"],
+        "file_bytes": report["file_bytes"],
+        "budget_bytes": report["budget_bytes"],
+        "planned_bytes": report["planned_bytes"],
+        "within_budget": report["within_budget"],
+        "reload_equal": report["verify"]["equal"],
+        "ratio": report["ratio"],
+        "search_seconds": t["plan"],
+        "finetune_seconds": t["fine-tune"],
+        "total_seconds": time.perf_counter() - t0,
+        "plan": {layer["name"]: layer["option"] for layer in report["layers"]},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | target | method | accuracy | retention | file bytes | ratio | in budget "
+        "| search s | fine-tune s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(
+                f"| {r['model']} | {r['ratio_target']:g}x | {r['method']} | "
+                f"error: {r['error'][:60]} | | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['model']} | {r['ratio_target']:g}x | {r['method']} | {100 * r['metric']:.2f}% "
+            f"| {100 * r['retention']:.2f}% | {r['file_bytes']:,} | {r['ratio']:.1f}x "
+            f"| {'yes' if r['within_budget'] else 'NO'} | {r['search_seconds']:.1f} "
+            f"| {r['finetune_seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models", nargs="+", default=["lenet5", "lenet300"])
+    p.add_argument("--ratios", nargs="+", type=float, default=[16, 32, 64])
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs, every method")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--tag", default="methods")
+    args = p.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = RESULTS / ".work"
+    work.mkdir(exist_ok=True)
+    rows = []
+    for model in args.models:
+        for ratio in args.ratios:
+            for method in args.methods:
+                row = run_cell(model, method, ratio, args, work / f"{model}-{method}-{ratio:g}.st")
+                rows.append(row)
+                print(markdown([row]).splitlines()[-1], flush=True)
+    date = dt.date.today().isoformat()
+    meta = {
+        "date": date,
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+    }
+    stem = RESULTS / f"{date}-{args.tag}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    table = markdown(rows)
+    stem.with_suffix(".md").write_text(
+        f"# Methods side by side ({date})\n\n`python -m bench.compare_methods "
+        f"--models {' '.join(args.models)} --ratios {' '.join(f'{r:g}' for r in args.ratios)} "
+        f"--epochs {args.epochs:g}`\n\n{table}\n"
+    )
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main()

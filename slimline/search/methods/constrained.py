@@ -1,0 +1,145 @@
+"""`constrained`: loss-aware scoring, an exact knapsack onto the byte budget, and ADMM.
+
+After Yang, Gui, Zhu, Liu, "Automatic Neural Network Compression by Sparsity-Quantization Joint
+Learning: A Constrained Optimization-based Approach" (CVPR 2020, arXiv 1910.05897). Their loop:
+SGD on the loss plus rho/2 ||W - V + U||^2; every so often project onto the budget set
+(V <- project(W + U)) and update the scaled dual (U <- U + W - V); freeze the bit-widths; then
+fine-tune with the compressed structure fixed.
+
+What we do differently, and why:
+  - the projection chooses a whole `LayerOption` per layer (sparsity pattern x bits x scales),
+    not a bit-width plus a global magnitude prefix; it is the exact multiple-choice knapsack
+    over *file bytes* (every stream counted), not the greedy hull over weight bits;
+  - the distortion of an option is loss-aware (Fisher-weighted squared error of the combined
+    mask-then-quantize weight), not the plain quantization error;
+  - after the freeze the compressed structure is trained with learned quantizer steps
+    (quantization-aware training), rather than with masks and codebooks fixed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimline.search.compressed import CompressedWeight
+from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
+from slimline.search.options import Plan
+from slimline.search.scoring import Scores, score_model
+from slimline.search.training import TrainConfig, set_training_mode, task_loss, train
+
+
+@dataclass(frozen=True)
+class ConstrainedSettings(MethodSettings):
+    estimator: str = "fisher"  # damage estimator: fisher | hessian | loss
+    solver: str = "exact"  # knapsack solver: exact | greedy
+    calibration_batches: int = 8  # mini-batches in one scoring pass
+    calibration_batch_size: int = 64
+    rho: float = 5e-3  # ADMM penalty weight on ||W - V + U||^2 (summed over every weight)
+    admm_fraction: float = 0.5  # share of the fine-tuning steps spent in the ADMM phase
+    projections: int = 3  # re-score + re-solve this many times during the ADMM phase
+
+
+@register
+class ConstrainedMethod(SearchMethod):
+    name = "constrained"
+    settings_cls = ConstrainedSettings
+    settings: ConstrainedSettings
+
+    # ------------------------------------------------------------------ search
+    def _score(self, ctx: SearchContext, model: nn.Module) -> Scores:
+        s = self.settings
+        t0 = time.perf_counter()
+        scores = score_model(
+            model,
+            ctx.geoms,
+            ctx.data,
+            estimator=s.estimator,
+            batches=s.calibration_batches,
+            batch_size=s.calibration_batch_size,
+            device=ctx.device,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
+        self.report["scores_seconds"] = self.report.get("scores_seconds", 0.0) + (
+            time.perf_counter() - t0
+        )
+        return scores
+
+    def _solve(self, ctx: SearchContext, scores: Scores) -> Plan:
+        t0 = time.perf_counter()
+        plan = scores.resolve(ctx.layer_budget, solver=self.settings.solver)
+        self.report["allocation_seconds"] = self.report.get("allocation_seconds", 0.0) + (
+            time.perf_counter() - t0
+        )
+        return plan
+
+    def propose(self, ctx: SearchContext) -> Plan:
+        self.last_scores = self._score(ctx, ctx.model)
+        return self._solve(ctx, self.last_scores)
+
+    # --------------------------------------------------------------- fine-tune
+    def finetune(self, ctx: SearchContext, plan: Plan, cfg: TrainConfig) -> Plan:
+        """ADMM with periodic exact re-projection, then QAT with the last plan frozen."""
+        s = self.settings
+        total = cfg.steps(len(ctx.data.x_train))
+        admm_steps = int(total * s.admm_fraction) if s.projections > 0 else 0
+        if admm_steps > 0:
+            plan = self._admm(ctx, plan, replace(cfg, max_steps=admm_steps))
+        rest = total - admm_steps
+        qat_cfg = replace(cfg, max_steps=rest, seed=cfg.seed + 1)
+        return super().finetune(ctx, plan, qat_cfg if rest > 0 else replace(cfg, epochs=0))
+
+    def _admm(self, ctx: SearchContext, plan: Plan, cfg: TrainConfig) -> Plan:
+        model, geoms, rho = ctx.model.to(ctx.device), ctx.geoms, self.settings.rho
+        weights = {g.name: model.get_submodule(g.name).weight for g in geoms}
+        v = {n: _compress(plan[n], w) for n, w in weights.items()}  # projection of W
+        u = {n: torch.zeros_like(w) for n, w in weights.items()}  # scaled dual
+        every = max(1, cfg.steps(len(ctx.data.x_train)) // (self.settings.projections + 1))
+        state = {"plan": plan}
+
+        def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            penalty = sum(((weights[n] - v[n] + u[n]) ** 2).sum() for n in weights)
+            return task_loss(ctx.data.task, logits, y) + 0.5 * rho * penalty
+
+        def project(step: int) -> None:
+            if step % every or step // every > self.settings.projections:
+                return
+            # V <- project(W + U): re-score at W + U and re-solve the knapsack exactly
+            with torch.no_grad():
+                saved = {n: w.detach().clone() for n, w in weights.items()}
+                for n, w in weights.items():
+                    w.add_(u[n])
+            state["plan"] = self._solve(ctx, self._score(ctx, model))
+            set_training_mode(model, True)  # scoring evaluates; training goes on
+            with torch.no_grad():
+                for n, w in weights.items():
+                    v[n] = _compress(state["plan"][n], w)
+                    w.copy_(saved[n])
+                    u[n] += w.detach() - v[n]
+            self.report.setdefault("projections", []).append(
+                {"step": step, "plan": state["plan"].to_strs()}
+            )
+
+        train(
+            model,
+            ctx.data,
+            cfg,
+            device=ctx.device,
+            progress=ctx.progress,
+            loss_fn=loss_fn,
+            should_stop=ctx.should_stop,
+            on_step=project,
+        )
+        # the final structure: re-score and re-solve at the trained W, so the masks the QAT
+        # phase starts from are exactly the ones the allocation counted
+        return self._solve(ctx, self._score(ctx, model))
+
+
+def _compress(option: Any, w: torch.Tensor) -> torch.Tensor:
+    """The compressed weight an option gives ``w`` (mask, then quantize the survivors)."""
+    with torch.no_grad():
+        return CompressedWeight(option, w.detach()).to(w.device)(w.detach())

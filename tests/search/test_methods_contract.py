@@ -1,0 +1,123 @@
+"""One contract, every search method (optuna's style: the same tests over each implementation).
+
+On digits-cnn with the digits data, at 8x, 16x and 32x of the dense checkpoint: the plan covers
+every layer and its exact bytes fit the budget; the dense model handed in is left unchanged;
+fine-tuning leaves every planned layer parametrized and the final plan (from the masks training
+ended with) still fits; settings round-trip and unknown settings are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from slimline.errors import InvalidOption
+from slimline.models.datasets import load_dataset
+from slimline.models.zoo import build_model
+from slimline.pipeline.stages import dense_checkpoint_bytes
+from slimline.search.accounting import plan_bytes
+from slimline.search.compressed import compressed_weights
+from slimline.search.export import other_stored_bytes
+from slimline.search.layers import find_layers
+from slimline.search.methods import SearchContext, get_method, method_names
+from slimline.search.position_codes import position_stream_bytes
+from slimline.search.training import TrainConfig, train
+
+HEADER_SLACK = 1000
+RATIOS = (8, 16, 32)
+# quick settings so the contract runs in CI; each method's defaults are exercised elsewhere
+QUICK = {
+    "optuna": {"trials": 3, "proxy_steps": 5},
+    "bitshare": {"search_steps": 40},
+}
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    model = build_model("digits-cnn")
+    train(model, data, TrainConfig(epochs=1, max_steps=200, lr=3e-3, batch_size=64))
+    return model, data
+
+
+def _ctx(model, data, ratio: int) -> SearchContext:  # type: ignore[no-untyped-def]
+    geoms = find_layers(model)
+    return SearchContext(
+        model=model,
+        geoms=geoms,
+        data=data,
+        payload_budget=dense_checkpoint_bytes(model) // ratio - HEADER_SLACK,
+        other_bytes=other_stored_bytes(model, geoms),
+    )
+
+
+def _method(name: str):  # type: ignore[no-untyped-def]
+    try:
+        return get_method(name, QUICK.get(name))
+    except InvalidOption:
+        return get_method(name)
+
+
+def test_all_methods_are_registered() -> None:
+    assert {"uniform", "constrained"} <= set(method_names())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", method_names())
+def test_plans_fit_at_every_budget_and_leave_the_model_alone(name: str, digits) -> None:  # type: ignore[no-untyped-def]
+    model, data = digits
+    before = copy.deepcopy(model.state_dict())
+    for ratio in RATIOS:
+        ctx = _ctx(model, data, ratio)
+        plan = _method(name).propose(ctx)
+        assert set(plan) == {g.name for g in ctx.geoms}
+        mb = plan_bytes(plan, ctx.geoms, ctx.other_bytes, 0)  # upper bound for unstructured
+        exact = _exact_bytes_from_masks_of_a_copy(model, ctx, plan)
+        assert min(mb.payload, exact) <= ctx.payload_budget, (name, ratio)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), f"{name} changed the model"
+
+
+def _exact_bytes_from_masks_of_a_copy(model, ctx, plan) -> int:  # type: ignore[no-untyped-def]
+    from slimline.search.compressed import apply_plan
+
+    m = copy.deepcopy(model)
+    apply_plan(m, plan, ctx.geoms)
+    return _payload_from_masks(m, ctx, plan)
+
+
+def _payload_from_masks(m, ctx, plan) -> int:  # type: ignore[no-untyped-def]
+    cws = compressed_weights(m)
+    pos = {
+        g.name: position_stream_bytes(
+            g.numel, int(cws[g.name].mask.sum()), cws[g.name].mask.reshape(-1)
+        )
+        for g in ctx.geoms
+        if plan[g.name].sparsity == "unstructured"
+    }
+    return plan_bytes(plan, ctx.geoms, ctx.other_bytes, 0, position_bytes=pos).payload
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", method_names())
+def test_finetune_ends_parametrized_and_within_budget(name: str, digits) -> None:  # type: ignore[no-untyped-def]
+    model, data = digits
+    work = copy.deepcopy(model)
+    ctx = _ctx(work, data, 16)
+    method = _method(name)
+    plan = method.propose(ctx)
+    final = method.finetune(ctx, plan, TrainConfig(epochs=1, max_steps=30, lr=5e-4, batch_size=64))
+    assert set(compressed_weights(work)) == {g.name for g in ctx.geoms}
+    assert _payload_from_masks(work, ctx, final) <= ctx.payload_budget
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_settings_round_trip_and_unknown_keys_are_refused(name: str) -> None:
+    method = get_method(name)
+    again = get_method(name, method.settings.to_dict())
+    assert again.settings == method.settings
+    with pytest.raises(InvalidOption, match="no_such_knob"):
+        get_method(name, {"no_such_knob": 1})
