@@ -65,7 +65,7 @@ def drain(broker_url: str, transport_options: dict[str, Any] | None = None) -> l
         try:
             while True:
                 try:
-                    msg = q.get(timeout=0.3)
+                    msg = q.get_nowait()
                 except Empty:
                     break
                 args, _kwargs, _embed = msg.payload

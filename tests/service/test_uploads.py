@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
-import io
 
 from slimline.enqueue import INSPECT_UPLOAD
 from tests.service.conftest import (
@@ -124,7 +124,10 @@ def test_pickles_and_wrong_files_are_422_naming_the_problem(api: Api, user) -> N
         assert r.json()["code"] == "invalid_model" and r.json()["field"] == "file"
         assert needle in r.json()["message"], (needle, r.json())
     bad_st = api.client.post(
-        "/v1/models", headers=h, data={"name": "lenet5"}, files={"file": ("w.safetensors", b"x" * 20)}
+        "/v1/models",
+        headers=h,
+        data={"name": "lenet5"},
+        files={"file": ("w.safetensors", b"x" * 20)},
     )
     assert bad_st.status_code == 422 and "safetensors" in bad_st.json()["message"]
     bad_npz = api.client.post("/v1/datasets", headers=h, files={"file": ("d.npz", b"nope")})
