@@ -280,12 +280,22 @@ def test_tied_layers_take_the_same_option(mnist) -> None:
 
 
 # ------------------------------------------------------------- damage ranks like the loss
+@pytest.fixture
+def one_thread():
+    """Intra-op threads off: on a loaded 2-core machine they mostly wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_fisher_damage_ranks_options_like_the_measured_loss_on_lenet5(mnist) -> None:
+def test_fisher_damage_ranks_options_like_the_measured_loss_on_lenet5(mnist, one_thread) -> None:
     """Spearman per layer >= 0.8 between Fisher damage and the measured loss increase.
 
-    Every other candidate option of each layer (to keep the test short; the full sets give
-    about the same correlations), loss measured on 2,000 held-out images.
+    LeNet-5 trained for one epoch on 8,000 images (~95%); every third candidate option of
+    each layer (to keep the test short: the full sets give 0.95-0.997), the loss measured on
+    2,000 held-out images.
     """
     torch.manual_seed(0)
     model = LeNet5(LeNet5Config())
@@ -306,7 +316,7 @@ def test_fisher_damage_ranks_options_like_the_measured_loss_on_lenet5(mnist) -> 
     for g in geoms:
         w = model.get_submodule(g.name).weight.detach().clone()
         est, real = [], []
-        for opt in candidate_options(g)[::2]:
+        for opt in candidate_options(g)[::3]:
             with torch.no_grad():
                 w_hat = CompressedWeight(opt, w)(w)
             est.append(fisher.damage(g, w, w_hat))
