@@ -43,7 +43,10 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def reference(
-    one_thread: None, digits_weights: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory
+    one_thread: None,
+    digits_weights: Path,
+    data_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[JobSpec, Path, JobState]:
     """An uninterrupted run that saved every stage."""
     root = tmp_path_factory.mktemp("reference")
