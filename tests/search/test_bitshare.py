@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 
 from slimline.errors import InvalidOption
-from slimline.search.accounting import layer_bytes, layer_options
+from slimline.models.datasets import load_dataset
+from slimline.models.zoo import build_model
+from slimline.pipeline.stages import dense_checkpoint_bytes
+from slimline.search.accounting import layer_bytes, layer_options, plan_bytes
+from slimline.search.compressed import apply_plan
+from slimline.search.export import other_stored_bytes
 from slimline.search.layers import find_layers
-from slimline.search.methods import get_method
+from slimline.search.methods import SearchContext, get_method
 from slimline.search.methods.bitshare import BitShareSettings, OptionGrid
 from slimline.search.methods.bitshare_gates import (
     BitShareWeight,
     GatedConfig,
     discretize,
     gate_ste,
+    search_gates,
     share_bits,
 )
-from slimline.search.options import REMOVED, LayerOption
+from slimline.search.options import REMOVED, LayerOption, Plan
+from slimline.search.position_codes import position_stream_bytes
+from slimline.search.training import TrainConfig, train
 
 ONE, ZERO = torch.tensor(1.0), torch.tensor(0.0)
 
@@ -122,3 +134,105 @@ def test_settings_are_validated_and_round_trip() -> None:
         BitShareSettings(lambda_min=1.0, lambda_max=0.5)
     with pytest.raises(InvalidOption, match="group_rows"):
         get_method("bitshare", {"group_rows": 0})
+
+
+# ------------------------------------------------------------------- on digits-cnn, for real
+HEADER_SLACK = 1000
+QUICK = {"search_steps": 60, "lambda_iters": 4}  # shorter than the defaults, same code paths
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    # Small convolutions on busy shared cores run ~10x slower with two threads fighting.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits(one_thread: None) -> tuple[nn.Module, Any]:
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    model = build_model("digits-cnn")
+    train(model, data, TrainConfig(epochs=100, max_steps=300, lr=2e-3, batch_size=64))
+    return model, data
+
+
+def _ctx(model: nn.Module, data: Any, ratio: int, **kw: Any) -> SearchContext:
+    geoms = find_layers(model)
+    return SearchContext(
+        model=model,
+        geoms=geoms,
+        data=data,
+        payload_budget=dense_checkpoint_bytes(model) // ratio - HEADER_SLACK,
+        other_bytes=other_stored_bytes(model, geoms),
+        **kw,
+    )
+
+
+def _exact_layer_bytes(model: nn.Module, ctx: SearchContext, plan: Plan) -> int:
+    """Layer bytes from the masks fine-tuning will start with (a parametrized copy)."""
+    work = copy.deepcopy(model)
+    cws = apply_plan(work, plan, ctx.geoms)
+    pos = {
+        g.name: position_stream_bytes(
+            g.numel, int(cws[g.name].mask.sum()), cws[g.name].mask.reshape(-1)
+        )
+        for g in ctx.geoms
+        if plan[g.name].sparsity == "unstructured"
+    }
+    return plan_bytes(plan, ctx.geoms, 0, 0, position_bytes=pos).payload
+
+
+@pytest.mark.slow
+def test_plans_fit_8x_16x_32x_exactly_and_leave_the_model_alone(digits: Any) -> None:
+    model, data = digits
+    before = copy.deepcopy(model.state_dict())
+    for ratio in (8, 16, 32):
+        events: list[dict[str, Any]] = []
+        ctx = _ctx(model, data, ratio, progress=events.append)
+        method = get_method("bitshare", QUICK)
+        plan = method.propose(ctx)
+        assert set(plan) == {g.name for g in ctx.geoms}
+        assert _exact_layer_bytes(model, ctx, plan) <= ctx.layer_budget, ratio
+        # at these ratios 8 bits everywhere does not fit: the search ran and reported
+        assert method.report["searches"], ratio
+        assert events and {"step", "total", "loss", "bytes", "lambda"} <= set(events[-1])
+        steps = [e["step"] for e in events]
+        assert steps == sorted(steps) and steps[-1] <= events[-1]["total"]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_larger_lambda_gives_fewer_bytes(digits: Any) -> None:
+    model, data = digits
+    geoms = find_layers(model)
+    sizes = []
+    for lam in (0.01, 0.1, 1.0):
+        found = search_gates(
+            model, geoms, data, lam, steps=100, lr=1e-3, gate_lr=1e-2, group_rows=4, batch_size=64
+        )
+        sizes.append(
+            sum(found.configs[g.name].kept * g.numel * found.configs[g.name].bits for g in geoms)
+        )
+    assert sizes[0] > sizes[1] > sizes[2], sizes
+
+
+def test_a_generous_budget_needs_no_search(digits: Any) -> None:
+    model, data = digits
+    ctx = _ctx(model, data, 3)  # 8 bits everywhere is about 4x
+    method = get_method("bitshare")
+    plan = method.propose(ctx)
+    assert method.report["searches"] == []
+    assert _exact_layer_bytes(model, ctx, plan) <= ctx.layer_budget
+
+
+def test_a_stop_request_still_gives_a_plan_within_budget(digits: Any) -> None:
+    model, data = digits
+    ctx = _ctx(model, data, 16, should_stop=lambda: True)
+    method = get_method("bitshare")
+    plan = method.propose(ctx)
+    assert len(method.report["searches"]) == 1  # stopped before its first step
+    assert _exact_layer_bytes(model, ctx, plan) <= ctx.layer_budget

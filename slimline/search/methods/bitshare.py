@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -53,14 +54,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BitShareSettings(MethodSettings):
-    search_steps: int = 120  # optimizer steps of one gate search (one search per lambda tried)
+    search_steps: int = 100  # optimizer steps of one gate search (one search per lambda tried)
     lr: float = 1e-3  # Adam lr of weights, clips and every other model parameter while searching
     gate_lr: float = 1e-2  # Adam lr of the gate thresholds (residual means are ~0.01-0.1)
     group_rows: int = 4  # output channels per pruning gate (the paper: 4 on CIFAR ResNets)
     batch_size: int = 64  # search mini-batch
     lambda_min: float = 1e-3  # bisection bracket on the byte penalty's weight (log scale)
     lambda_max: float = 10.0
-    lambda_iters: int = 6  # most searches the bisection runs
+    lambda_iters: int = 5  # most searches the bisection runs
     tolerance: float = 0.1  # stop once the gated bytes land in [(1 - tolerance) budget, budget]
     calib_batches: int = 8  # Fisher scoring of the projection's candidates
     calib_batch_size: int = 64
@@ -138,6 +139,11 @@ class OptionGrid:
                 out[i, 1] = abs(self.widths.index(o.bits) - width)
         return out
 
+    def near(self, cfg: GatedConfig, radius: int) -> list[LayerOption]:
+        """The options at most ``radius`` steps from ``cfg`` on each ladder."""
+        away = self.steps(cfg).max(axis=1)
+        return [o for o, a in zip(self.options, away, strict=True) if a <= radius]
+
     def nearest(self, cfg: GatedConfig) -> LayerOption:
         """The option that says what the gates say: at the gated level and width, preferring
         unstructured (a fraction of weights kept) and per-channel scales."""
@@ -191,44 +197,71 @@ class BitShareMethod(SearchMethod):
         return self.settings
 
     def propose(self, ctx: SearchContext) -> Plan:
-        from slimline.search.scoring import candidate_options, score_model
+        from slimline.search.scoring import candidate_options
 
+        t0 = time.perf_counter()
         exact = ExactBytes(ctx.model, ctx.geoms)
         grids = {g.name: OptionGrid(candidate_options(g)) for g in ctx.geoms}
 
         def gated_bytes(configs: dict[str, GatedConfig]) -> int:
             return sum(exact(g, grids[g.name].nearest(configs[g.name])) for g in ctx.geoms)
 
+        self.report = {"searches": []}
         widest = {g.name: GatedConfig(bits=8, kept=1.0) for g in ctx.geoms}
         if gated_bytes(widest) <= ctx.layer_budget:
             configs, searched = widest, copy.deepcopy(ctx.model)
         else:
             found = self.bisect_lambda(ctx, gated_bytes)
             configs, searched = found.configs, found.model
-        scores = score_model(
-            searched,
+            self.report["lambda"] = found.lam
+        self.report["gated_bytes"] = gated_bytes(configs)
+        self.report["gated"] = {n: f"b{c.bits}/kept{c.kept:.3f}" for n, c in configs.items()}
+        t1 = time.perf_counter()
+        # Score the neighbourhoods first (a fraction of the candidates, so a fraction of the
+        # time); only if no plan of neighbours fits, score everything and widen.
+        near = {n: grid.near(configs[n], 1) for n, grid in grids.items()}
+        try:
+            scores = self.score(ctx, searched, near)
+            plan = self.project(ctx, scores, grids, configs, exact, radii=(1,))
+        except InfeasibleBudget:
+            scores = self.score(ctx, searched, {n: grid.options for n, grid in grids.items()})
+            plan = self.project(ctx, scores, grids, configs, exact, radii=(2, 4, None))
+        self.last_scores = scores
+        self.report.update(search_seconds=t1 - t0, projection_seconds=time.perf_counter() - t1)
+        return plan
+
+    def score(
+        self, ctx: SearchContext, model: nn.Module, options: dict[str, list[LayerOption]]
+    ) -> Scores:
+        """Fisher damage of each layer's ``options`` on ``model`` (the searched weights)."""
+        from slimline.search.scoring import score_model
+
+        return score_model(
+            model,
             ctx.geoms,
             ctx.data,
             estimator="fisher",
-            options=lambda g: grids[g.name].options,
+            options=lambda g: options[g.name],
             batches=self.config.calib_batches,
             batch_size=self.config.calib_batch_size,
             device=ctx.device,
             seed=ctx.seed,
         )
-        return self.project(ctx, scores, configs, exact)
 
     def bisect_lambda(
         self, ctx: SearchContext, gated_bytes: Callable[[dict[str, GatedConfig]], int]
     ) -> GateSearch:
         """Searches at lambdas bisected on a log scale until the gated bytes land within
-        `tolerance` under the budget; returns the fullest search that fits (if none fits, the
-        smallest)."""
+        `tolerance` under the budget; returns the search whose bytes came closest to the
+        budget in ratio. Closest, not "fullest that fits": past some lambda the search
+        collapses (the log penalty's pull grows as the bytes shrink) to nearly every group
+        pruned, a configuration that fits but that no projection can repair, while a slight
+        overshoot is one neighbour away from fitting."""
         s, budget = self.config, ctx.layer_budget
         lo, hi = math.log(s.lambda_min), math.log(s.lambda_max)
         total = s.lambda_iters * s.search_steps
         every = max(1, total // 50)
-        best: tuple[tuple[bool, int], GateSearch] | None = None
+        best: tuple[float, GateSearch] | None = None
         for i in range(s.lambda_iters):
             lam = math.exp((lo + hi) / 2)
             found = search_gates(
@@ -247,9 +280,10 @@ class BitShareMethod(SearchMethod):
                 should_stop=ctx.should_stop,
             )
             size = gated_bytes(found.configs)
-            rank = (True, size) if size <= budget else (False, -size)  # larger is better
-            if best is None or rank > best[0]:
-                best = (rank, found)
+            self.report["searches"].append({"lambda": lam, "bytes": size, "loss": found.loss})
+            miss = abs(math.log(max(size, 1) / budget))
+            if best is None or miss < best[0]:
+                best = (miss, found)
             if size <= budget:
                 hi = math.log(lam)
             else:
@@ -264,15 +298,22 @@ class BitShareMethod(SearchMethod):
         self,
         ctx: SearchContext,
         scores: Scores,
+        grids: dict[str, OptionGrid],
         configs: dict[str, GatedConfig],
         exact: ExactBytes,
+        radii: tuple[int | None, ...],
     ) -> Plan:
-        """The least-damage plan within the budget among options near the gated configuration
-        (see the module doc); widens the neighbourhood until some plan fits."""
+        """The least-damage plan within the budget among the scored options at most ``radius``
+        ladder steps from each gated configuration (see the module doc), for the first radius
+        (None: any distance) at which a plan fits."""
         from slimline.search.allocation import allocate
 
         geoms = {g.name: g for g in ctx.geoms}
-        steps = [OptionGrid(ls.options).steps(configs[ls.name]) for ls in scores.layers]
+        steps = []
+        for ls in scores.layers:
+            grid = grids[ls.name]
+            away = dict(zip(grid.options, grid.steps(configs[ls.name]), strict=True))
+            steps.append(np.array([away[o] for o in ls.options], dtype=np.int64).reshape(-1, 2))
         nbytes = [
             np.array([exact(geoms[ls.name], o) for o in ls.options], dtype=np.int64)
             for ls in scores.layers
@@ -284,9 +325,11 @@ class BitShareMethod(SearchMethod):
         ]
         unit = [x for x in gated if x > 0] or [float(x) for d in damage for x in d if x > 0]
         ref = float(np.mean(unit)) if unit else 1.0
-        widest = max(int(st.max()) for st in steps)
-        for radius in sorted({1, 2, 4, widest}):
-            keep = [np.flatnonzero(st.max(axis=1) <= radius) for st in steps]
+        for radius in radii:
+            keep = [
+                np.flatnonzero(st.max(axis=1) <= (radius if radius is not None else st.max()))
+                for st in steps
+            ]
             penalized = [
                 d[k] + self.config.distance_penalty * ref * st[k].sum(axis=1)
                 for d, st, k in zip(damage, steps, keep, strict=True)
@@ -297,6 +340,7 @@ class BitShareMethod(SearchMethod):
                 )
             except InfeasibleBudget:
                 continue
+            self.report["radius"] = radius
             plan = Plan(
                 {
                     ls.name: ls.options[int(k[c])]
