@@ -25,43 +25,42 @@ dies loses its message; the sweeper re-sends the job (``slimline.sweep``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 from slimline.config import Settings, get_settings
+from slimline.enqueue import INSPECT_UPLOAD, RUN_JOB, broker_options
 
-TASK_RUN_JOB = "slimline.run_job"
-TASK_INSPECT_UPLOAD = "slimline.inspect_upload"
+TASK_RUN_JOB = RUN_JOB  # the names the API sends (slimline.enqueue)
+TASK_INSPECT_UPLOAD = INSPECT_UPLOAD
 TASK_SWEEP = "slimline.sweep"
 # How often a filesystem broker's folder is polled for new messages, seconds.
 FILESYSTEM_POLL_S = 0.2
 
 
-def filesystem_transport_options(broker_dir: Path) -> dict[str, Any]:
-    """kombu filesystem transport options for one shared folder (created here: kombu does
-    not create them). Producer and consumer read and write the same ``queue`` folder."""
-    queue = broker_dir / "queue"
-    processed = broker_dir / "processed"
-    control = broker_dir / "control"
-    for d in (queue, processed, control):
-        d.mkdir(parents=True, exist_ok=True)
-    return {
-        "data_folder_in": str(queue),
-        "data_folder_out": str(queue),
-        "processed_folder": str(processed),
-        "control_folder": str(control),
-        "store_processed": False,
-        "polling_interval": FILESYSTEM_POLL_S,
-    }
+def broker_conf(settings: Settings) -> dict[str, Any]:
+    """Broker settings: the API's (``enqueue.broker_options``, so both ends agree on the
+    filesystem transport's folders), plus what only a consumer needs there: the control
+    folder (exchange bindings, remote control) inside the broker folder, and the poll rate."""
+    opts = broker_options(settings)
+    transport = dict(opts["broker_transport_options"])
+    broker_dir = settings.filesystem_broker_dir
+    if broker_dir is not None:
+        control = broker_dir / "control"
+        control.mkdir(parents=True, exist_ok=True)
+        transport.update(
+            control_folder=str(control),
+            processed_folder=str(broker_dir / "processed"),
+            polling_interval=FILESYSTEM_POLL_S,
+        )
+    return {"broker_url": opts["broker"], "broker_transport_options": transport}
 
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app for ``settings`` with slimline's tasks registered (nothing connects)."""
     app = Celery("slimline", set_as_current=False)
     conf: dict[str, Any] = {
-        "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -80,10 +79,7 @@ def create_app(settings: Settings) -> Celery:
             "sweep": {"task": TASK_SWEEP, "schedule": max(settings.heartbeat_s, 10.0)}
         },
     }
-    broker_dir = settings.filesystem_broker_dir
-    if broker_dir is not None:
-        conf["broker_url"] = "filesystem://"
-        conf["broker_transport_options"] = filesystem_transport_options(broker_dir)
+    conf.update(broker_conf(settings))
     app.conf.update(conf)
     app.conf.slimline_settings = settings
 
