@@ -118,8 +118,8 @@ def make_api(tmp: Path, engine: Engine, broker_url: str, **overrides: Any) -> It
 
 @pytest.fixture
 def api(pg_engine: Engine, redis_url: str, tmp_path: Path) -> Iterator[Api]:  # noqa: F811
-    """The app on Postgres and Redis, both emptied."""
-    empty_tables(pg_engine)
+    """The app on Postgres (tables kept: every test makes its own tenants, and everything
+    is per tenant) and Redis (its test database emptied)."""
     redis.Redis.from_url(redis_url).flushdb()
     yield from make_api(tmp_path, pg_engine, redis_url)
 

@@ -18,8 +18,8 @@ Call = Callable[[Api, dict[str, str]], Any]
 
 @pytest.fixture
 def world(api: Api) -> dict[str, Any]:
-    owner, owner_key = api.tenant("owner")
-    _, other_key = api.tenant("other")
+    owner, owner_key = api.tenant()
+    _, other_key = api.tenant()
     with session_scope(api.engine) as s:
         revoked_key, rec = jobs.create_api_key(s, owner.id)
         jobs.revoke_api_key(s, owner.id, rec.id)

@@ -159,9 +159,6 @@ def test_malformed_json_is_400(api: Api, user) -> None:
 
 
 def test_rate_limit_is_429(pg_engine, redis_url, tmp_path) -> None:
-    from tests.service.conftest import empty_tables
-
-    empty_tables(pg_engine)
     redis.Redis.from_url(redis_url).flushdb()
     for api in make_api(tmp_path, pg_engine, redis_url, rate_limit_jobs_per_minute=2):
         _, key = api.tenant()
