@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,16 +53,21 @@ def _train_dense(path: Path, data_root: Path) -> None:
     save_zoo_weights(model, path)
 
 
+@pytest.fixture(scope="package", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Jobs run in this process on one thread, like the workers (OMP_NUM_THREADS=1): the
+    machine's cores are shared, and one thread count means one summation order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits_weights(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
     """Dense digits-cnn weights (safetensors), as a user would upload them."""
     path = tmp_path_factory.mktemp("weights") / "digits-cnn.safetensors"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _train_dense(path, data_root)
-    finally:
-        torch.set_num_threads(threads)
+    _train_dense(path, data_root)
     return path
 
 

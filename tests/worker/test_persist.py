@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from slimline.pipeline.persist import finished_stages, load_state, save_stage
 from slimline.pipeline.stages import STAGE_FUNCTIONS, STAGES, JobSpec, JobState
@@ -34,16 +32,7 @@ def run_from(state: JobState, done: tuple[str, ...], directory: Path) -> JobStat
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def reference(
-    one_thread: None,
     digits_weights: Path,
     data_root: Path,
     tmp_path_factory: pytest.TempPathFactory,
