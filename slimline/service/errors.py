@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from slimline.errors import SlimlineError
+from slimline.errors import InvalidInput, SlimlineError
 
 log = logging.getLogger("slimline.service")
 
@@ -49,6 +49,15 @@ class RateLimited(SlimlineError):
         self.retry_after_s = retry_after_s
 
 
+class RoutingError(SlimlineError):
+    """Starlette's own HTTP errors (unknown path, wrong method) in our shape."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.code = _HTTP_CODES.get(status, "error")
+
+
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}
 
 
@@ -69,9 +78,7 @@ def _from_validation(exc: RequestValidationError) -> SlimlineError:
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
         parts.append(f"{field}: {msg}{got}" if field else f"{msg}{got}")
-    out = SlimlineError("; ".join(parts) or "invalid request", field=first_field)
-    out.code, out.http_status = "invalid_input", 422
-    return out
+    return InvalidInput("; ".join(parts) or "invalid request", field=first_field)
 
 
 def to_slimline_error(exc: Exception) -> SlimlineError:
@@ -80,9 +87,7 @@ def to_slimline_error(exc: Exception) -> SlimlineError:
     if isinstance(exc, RequestValidationError):
         return _from_validation(exc)
     if isinstance(exc, HTTPException):
-        out = SlimlineError(str(exc.detail))
-        out.code, out.http_status = _HTTP_CODES.get(exc.status_code, "error"), exc.status_code
-        return out
+        return RoutingError(str(exc.detail), status=exc.status_code)
     log.exception("unhandled error", exc_info=exc)
     return SlimlineError("internal error; the server log has the details")
 

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from slimline.errors import InvalidInput
 from slimline.service.errors import BadRequest, TooLarge
@@ -212,6 +213,8 @@ async def receive_multipart(
     except Exception as exc:
         receiver.close()
         receiver.form.discard()
+        if isinstance(exc, ClientDisconnect):
+            raise BadRequest("the client disconnected before the upload was complete") from exc
         if isinstance(exc, ValueError | LookupError) and not isinstance(exc, InvalidInput):
             raise BadRequest(f"malformed multipart body: {exc}") from exc
         raise

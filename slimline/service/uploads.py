@@ -20,7 +20,7 @@ from slimline.config import Settings
 from slimline.db import uploads
 from slimline.db.session import session_scope
 from slimline.enqueue import INSPECT_UPLOAD, Enqueuer
-from slimline.errors import InvalidData, InvalidInput, InvalidModel
+from slimline.errors import InvalidData, InvalidInput, InvalidModel, Unavailable
 from slimline.jobs import Tenant
 from slimline.service import file_checks
 from slimline.service.multipart_stream import ReceivedFile, receive_multipart
@@ -28,6 +28,18 @@ from slimline.service.store import ArtifactStore
 
 MODEL_FIELDS = ("file", "name", "config")
 DATASET_EXTENSIONS = (".npz", ".safetensors")
+
+
+async def _inspect(enqueuer: Enqueuer, what: str, upload_id: str, status: str) -> None:
+    if status != "pending":
+        return
+    try:
+        await run_in_threadpool(enqueuer.send, INSPECT_UPLOAD, what, upload_id)
+    except Unavailable as exc:
+        raise Unavailable(
+            f"the {what} is stored ({upload_id}) but its inspection could not be queued "
+            f"({exc.message}); upload the same file again to retry"
+        ) from exc
 
 
 def _store_file(store: ArtifactStore, tenant: Tenant, what: str, f: ReceivedFile, ext: str) -> str:
@@ -99,8 +111,7 @@ async def upload_model(
             )  # fmt: skip
 
     rec, created = await run_in_threadpool(record)
-    if rec.status == "pending":
-        await run_in_threadpool(enqueuer.send, INSPECT_UPLOAD, "model", rec.id)
+    await _inspect(enqueuer, "model", rec.id, rec.status)
     return rec, created
 
 
@@ -143,6 +154,5 @@ async def upload_dataset(
             )
 
     rec, created = await run_in_threadpool(record)
-    if rec.status == "pending":
-        await run_in_threadpool(enqueuer.send, INSPECT_UPLOAD, "dataset", rec.id)
+    await _inspect(enqueuer, "dataset", rec.id, rec.status)
     return rec, created

@@ -99,3 +99,30 @@ def test_keys_create_command(tmp_path: Path, sqlite_engine: Engine) -> None:
             assert a is not None and b is not None and a.id == b.id and a.name == name
     finally:
         engine.dispose()
+
+
+def test_broker_down_after_commit(api: Api) -> None:
+    """An upload whose inspection cannot be queued is 503 (uploading again repairs it); a job
+    is accepted anyway: its row is committed and the sweeper sends it later."""
+    from slimline.enqueue import INSPECT_UPLOAD, RUN_JOB, RecordingEnqueuer
+    from tests.service.conftest import pt2_bytes
+
+    sender = RecordingEnqueuer()
+    _, key = api.tenant()
+    h = auth(key)
+    with TestClient(create_app(api.settings, enqueuer=sender)) as client:
+        sender.down = True
+        r = client.post("/v1/models", headers=h, files={"file": ("m.pt2", pt2_bytes("down"))})
+        assert r.status_code == 503 and "upload the same file again" in r.json()["message"]
+        job_body = {"data": "digits", "budget": "8x"}
+        assert client.get("/readyz").status_code == 503
+        sender.down = False
+        again = client.post("/v1/models", headers=h, files={"file": ("m.pt2", pt2_bytes("down"))})
+        assert again.status_code == 200 and again.json()["status"] == "pending"
+        model = again.json()["id"]
+        assert sender.sent == [(INSPECT_UPLOAD, ("model", model))]
+        sender.down = True
+        job = client.post("/v1/jobs", headers=h, json={"model": model, **job_body})
+        assert job.status_code == 201 and job.json()["status"] == "queued"
+        assert [t for t, _ in sender.sent] == [INSPECT_UPLOAD]  # nothing sent, row committed
+        assert RUN_JOB not in [t for t, _ in sender.sent]
