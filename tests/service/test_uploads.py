@@ -153,3 +153,13 @@ def test_path_like_file_names_stay_inside_the_store(api: Api, user) -> None:
     stored = files_under(root)
     assert len(stored) == 1 and stored[0].is_relative_to(root)
     assert not (root.parent / "tmp" / "evil.pt2").exists()
+
+
+def test_declared_length_over_the_limit_is_refused_before_reading(api: Api, user) -> None:
+    _, h = user
+    huge = b"\0" * (MAX_UPLOAD + 9 * 1024**2)  # past the limit plus the room for form fields
+    r = api.client.post("/v1/datasets", headers=h, files={"file": ("d.npz", huge)})
+    assert r.status_code == 413 and r.json()["code"] == "too_large"
+    declared = int(r.request.headers["content-length"])
+    assert f"upload of {declared} bytes" in r.json()["message"]  # refused on the header alone
+    assert files_under(api.settings.artifact_dir) == []
