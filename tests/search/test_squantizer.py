@@ -83,12 +83,14 @@ def test_bisection_on_k_meets_the_budget_with_the_least_pruning(dense, ratio: in
     assert exact.payload <= ctx.payload_budget
     # tight: a slightly lower threshold would keep more weights and not fit
     stats = stats_of(ctx)
-    looser = threshold_plan(stats, method.k - 1e-6, 4)
+    looser = threshold_plan(stats, method.report["squantizer_k"] - 1e-6, 4)
     assert looser != plan and bound_bytes(looser, ctx.geoms) > ctx.layer_budget
     assert used > 0.85 * ctx.layer_budget  # and it uses the budget it has
     # every layer is what its threshold keeps
     for s in stats:
-        assert kept_count(plan[s.geom.name], s.geom.rows, s.geom.row_len) == s.kept(method.k)
+        assert kept_count(plan[s.geom.name], s.geom.rows, s.geom.row_len) == s.kept(
+            method.report["squantizer_k"]
+        )
         assert plan[s.geom.name].bits == 4
 
 

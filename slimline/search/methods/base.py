@@ -133,5 +133,6 @@ def get_method(name: str, settings: Mapping[str, Any] | None = None) -> SearchMe
 
 def _load_builtin() -> None:
     from slimline.search.methods import bitshare  # noqa: F401
+    from slimline.search.methods import optuna_search  # noqa: F401
     from slimline.search.methods import squantizer  # noqa: F401
     from slimline.search.methods import constrained, uniform  # noqa: F401

@@ -201,7 +201,7 @@ class SQuantizerMethod(SearchMethod):
         s: SQuantizerSettings = self.settings  # type: ignore[assignment]
         stats = [MagnitudeStats.of(g, ctx.model.get_submodule(g.name).weight) for g in ctx.geoms]
         k, plan, _ = fit_threshold(stats, ctx.layer_budget, s.bits)
-        self.k = k  # the global threshold multiplier the budget gave (for reports, tests)
+        self.report["squantizer_k"] = k  # the global threshold multiplier the budget gave
         return plan
 
     def finetune(self, ctx: SearchContext, plan: Plan, cfg: TrainConfig) -> Plan:
