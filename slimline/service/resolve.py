@@ -2,8 +2,10 @@
 
 The scores are what the job's scoring pass stored (``Scores.to_dict()`` of
 ``slimline.search.scoring``: per layer its option strings, exact bytes and damage, plus tied
-groups), with two numbers the worker adds: ``fixed_bytes`` (file bytes outside the scored
-layers — other tensors and the header reserve) and ``dense_bytes`` (to resolve a ratio).
+groups). Two more numbers are needed: ``fixed_bytes`` (file bytes outside the scored layers:
+other tensors and the header) and ``dense_bytes`` (to resolve a ratio). They are read from the
+scores when the worker stored them there, else from the finished job's metrics
+(``other_bytes + header_bytes``, ``dense_bytes``), else from the model's inspection.
 The knapsack is ``slimline.search.allocation``, which needs only numpy; we read the stored
 JSON directly rather than through ``Scores`` because that module imports torch.
 """
@@ -54,8 +56,12 @@ def resolve(engine: Engine, tenant: jobs.Tenant, job_id: str, budget_text: str) 
             value=job_id,
         )
     names, options, nbytes, damage, groups = _parse(scores)
-    fixed = int(scores.get("fixed_bytes", 0))
-    dense = scores.get("dense_bytes") or model.dense_bytes
+    metrics = job.metrics or {}
+    fixed = scores.get("fixed_bytes")
+    if fixed is None:
+        fixed = int(metrics.get("other_bytes") or 0) + int(metrics.get("header_bytes") or 0)
+    fixed = int(fixed)
+    dense = scores.get("dense_bytes") or metrics.get("dense_bytes") or model.dense_bytes
     if budget.ratio is not None and not dense:
         raise Conflict(
             "the model's dense size is not known, so a ratio budget cannot be resolved; "

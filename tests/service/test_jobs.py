@@ -311,6 +311,22 @@ def test_resolve_stored_scores_for_another_budget(api: Api, user, model: str) ->
     assert bad.status_code == 422 and bad.json()["code"] == "invalid_budget"
 
 
+def test_resolve_takes_fixed_and_dense_bytes_from_the_job_metrics(api: Api, user, model) -> None:
+    # What the worker stores: Scores.to_dict() alone; the job's metrics have the rest.
+    _, h = user
+    job_id = submit(api, h, model).json()["id"]
+    with session_scope(api.engine) as s:
+        jobs.claim_job(s, job_id, "w1")
+    metrics = {"other_bytes": 60, "header_bytes": 40, "dense_bytes": 10_000}
+    with session_scope(api.engine) as s:
+        jobs.finish_job(s, job_id, "w1", metrics, None)
+        scores = {k: v for k, v in SCORES.items() if k not in ("fixed_bytes", "dense_bytes")}
+        artifacts.save_scores(s, job_id, scores)
+    r = api.client.post(f"/v1/jobs/{job_id}/resolve", headers=h, json={"budget": "25x"}).json()
+    assert r["fixed_bytes"] == 100 and r["budget_bytes"] == 400
+    assert r["plan"] == {"fc1": "b4/ch", "fc2": "b2/ch"} and r["bytes"] == 380
+
+
 def test_artifacts_download_with_etag(api: Api, user, model: str) -> None:
     tenant, h = user
     job_id = submit(api, h, model).json()["id"]
