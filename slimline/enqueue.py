@@ -42,13 +42,15 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     """Celery configuration for ``settings.broker_url`` (``Celery(**broker_options(s))``)."""
     folder = settings.filesystem_broker_dir
     if folder is not None:
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
-            "data_folder_processed": str(folder / "processed"),
+            "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # Exchange bindings; kombu's default is "control" in the working directory.
+            "control_folder": str(folder / "control"),
         }
         return {"broker": "filesystem://", "broker_transport_options": transport}
     transport = {"socket_connect_timeout": BROKER_TIMEOUT_S, "socket_timeout": BROKER_TIMEOUT_S}

@@ -22,8 +22,13 @@ def embedded(sqlite_engine: Engine, tmp_path: Path) -> Iterator[Api]:
     yield from make_api(tmp_path, sqlite_engine, broker)
 
 
-def test_main_flow_on_sqlite_and_the_filesystem_broker(embedded: Api) -> None:
+def test_main_flow_on_sqlite_and_the_filesystem_broker(
+    embedded: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     api = embedded
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # kombu's filesystem defaults are relative to it: none may be used
     tenant, key = api.tenant()
     h = auth(key)
     c = api.client
@@ -60,3 +65,4 @@ def test_main_flow_on_sqlite_and_the_filesystem_broker(embedded: Api) -> None:
     plan = c.post(f"/v1/jobs/{job_id}/resolve", headers=h, json={"budget": "1300"}).json()
     assert plan["plan"] == {"fc1": "fp16", "fc2": "fp16"}
     assert c.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert list(cwd.iterdir()) == []
