@@ -8,9 +8,9 @@ can die, be duplicated or be cancelled needs:
 - **Resume.** Each stage's output is saved (``pipeline.persist``) before the stage counts as
   finished, in ``artifact_dir/jobs/<id>/stages``; a redelivered job restores the state of the
   last finished stage and runs only the rest. An attempt that cannot restore starts over.
-- **Heartbeat.** A daemon thread calls ``jobs.heartbeat`` every ``settings.heartbeat_s``; it
-  learns of cancellation there. ``Conflict`` means another worker took the job (this one was
-  presumed dead): the runner stops and writes nothing more.
+- **Heartbeat** (``worker.heartbeat``). A daemon thread calls ``jobs.heartbeat`` every
+  ``settings.heartbeat_s``; it learns of cancellation there. ``Conflict`` means another
+  worker took the job (this one was presumed dead): the runner stops and writes nothing more.
 - **Stop between steps.** ``JobState.should_stop`` is polled by the training loop: cancel
   requested, job lost, or the time limit reached. Cancel -> ``mark_cancelled``. The time limit
   (``spec.time_limit_s``, else ``settings.job_time_limit_s``, counted from the job's first
@@ -19,9 +19,10 @@ can die, be duplicated or be cancelled needs:
 - **Progress** goes to the job row and its events through ``jobs.set_progress(worker=...)``,
   at most about once a second per stage (plus every stage start and end). ``job.progress`` is
   the fraction of the current stage (``job.stage``).
-- **Errors.** A ``SlimlineError`` is the user's input: the job fails for good with its code
-  and message. Anything else may be transient: the job is re-queued while attempts remain
-  (``claim_job`` counts them) and sent again after commit.
+- **Errors.** A ``SlimlineError`` is the user's input (a model or dataset that inspection
+  marked invalid included): the job fails for good with its code and message. Anything else
+  (and ``Unavailable``, a database outage) may be transient: the job is re-queued while
+  attempts remain (``claim_job`` counts them) and sent again after commit.
 - **Result.** The checkpoint and report are recorded as artifacts (path relative to
   ``artifact_dir``, size, sha256), the scores stored, and the job finished, in one
   transaction: either all of it is recorded or none.
@@ -34,10 +35,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,17 +51,13 @@ from slimline.config import Settings
 from slimline.db.artifacts import add_artifact, save_scores
 from slimline.db.session import make_engine, session_scope
 from slimline.db.uploads import DatasetRecord, ModelRecord, load_dataset_record, load_model_record
-from slimline.errors import Conflict, SlimlineError, Unavailable
+from slimline.errors import Conflict, InvalidData, InvalidModel, SlimlineError, Unavailable
+from slimline.worker.heartbeat import Heartbeat, JobLost, ProgressWriter
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "model.slim.safetensors"
 REPORT_NAME = "report.json"
-PROGRESS_EVERY_S = 1.0  # least time between two progress writes of one stage
-
-
-class JobLost(Exception):
-    """Another worker holds the job now (this one was presumed dead): stop, write nothing."""
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
@@ -125,75 +122,6 @@ def build_spec(
     )
 
 
-class Heartbeat:
-    """Refreshes the job's heartbeat on a daemon thread and remembers what it learned."""
-
-    def __init__(self, engine: Engine, job_id: str, worker: str, every_s: float) -> None:
-        self.engine, self.job_id, self.worker, self.every_s = engine, job_id, worker, every_s
-        self.cancelled = threading.Event()
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="slimline-heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.every_s + 30)
-
-    def beat(self) -> None:
-        """One heartbeat now; sets ``cancelled`` or ``lost``. Database outages are logged (the
-        job is presumed dead only after ``stale_after_s`` without one)."""
-        try:
-            with session_scope(self.engine) as s:
-                if jobs.heartbeat(s, self.job_id, self.worker):
-                    self.cancelled.set()
-        except Conflict:
-            self.lost.set()
-        except Unavailable as exc:
-            log.warning("heartbeat of job %s failed: %s", self.job_id, exc)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every_s) and not self.lost.is_set():
-            self.beat()
-
-
-@dataclass
-class ProgressWriter:
-    """The stages' progress callback: writes the stage, its fraction and throttled events."""
-
-    engine: Engine
-    job_id: str
-    worker: str
-    every_s: float = PROGRESS_EVERY_S
-    _stage: str = ""
-    _last: float = 0.0
-    fraction: float = 0.0
-    last_step: int = 0
-
-    def write(self, stage: str, fraction: float, event: Mapping[str, Any] | None) -> None:
-        try:
-            with session_scope(self.engine) as s:
-                jobs.set_progress(s, self.job_id, stage, fraction, event, worker=self.worker)
-        except Conflict as exc:
-            raise JobLost(str(exc)) from exc
-        except Unavailable as exc:  # progress is not worth failing a job over
-            log.warning("progress of job %s not written: %s", self.job_id, exc)
-        self._stage, self._last, self.fraction = stage, time.monotonic(), fraction
-
-    def __call__(self, stage: str, event: dict[str, Any]) -> None:
-        step, total = event.get("step"), event.get("total")
-        fraction = self.fraction if stage == self._stage else 0.0
-        if isinstance(step, int) and isinstance(total, int) and total > 0:
-            fraction = min(1.0, max(0.0, step / total))
-            if stage == "fine-tune":
-                self.last_step = step
-        due = time.monotonic() - self._last >= self.every_s
-        if stage != self._stage or due or fraction >= 1.0:
-            self.write(stage, fraction, event)
-
-
 def _deadline(job: jobs.Job, settings: Settings) -> float:
     limit = _float(job.spec, "time_limit_s") or settings.job_time_limit_s
     started = job.started_at or datetime.now(UTC)
@@ -222,7 +150,12 @@ def run_job(
 ) -> str:
     """Run the job if this worker can claim it; returns the outcome (``skipped`` for a
     duplicate message, else the job's status when this worker let go of it)."""
-    engine = engine if engine is not None else make_engine(settings.database_url)
+    if engine is None:
+        own = make_engine(settings.database_url)
+        try:
+            return run_job(settings, job_id, worker_name, engine=own, requeue=requeue)
+        finally:
+            own.dispose()
     with session_scope(engine) as s:
         job = jobs.claim_job(s, job_id, worker_name, stale_after_s=settings.stale_after_s)
         if job is None:
@@ -250,6 +183,8 @@ def run_job(
         error["retryable"] = retryable
         if retryable:
             log.exception("job %s failed (retryable)", job_id)
+        else:
+            log.info("job %s failed: %s", job_id, error["message"])
         try:
             with session_scope(engine) as s:
                 after = jobs.fail_job(s, job_id, worker_name, error)
@@ -260,6 +195,24 @@ def run_job(
         return after.status
     finally:
         heartbeat.stop()
+        _release_device()
+
+
+def _release_device() -> None:
+    """Give the job's GPU memory back to the driver (the next job may be another process's)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _check_uploads(model: ModelRecord, dataset: DatasetRecord | None) -> None:
+    """A job on an upload that inspection refused fails with inspection's reason."""
+    if model.status == "invalid":
+        why = (model.error or {}).get("message", "inspection refused it")
+        raise InvalidModel(f"model {model.id} is invalid: {why}", field="model", value=model.id)
+    if dataset is not None and dataset.status == "invalid":
+        why = (dataset.error or {}).get("message", "inspection refused it")
+        raise InvalidData(f"dataset {dataset.id} is invalid: {why}", field="data", value=dataset.id)
 
 
 def _run_claimed(
@@ -274,6 +227,7 @@ def _run_claimed(
     from slimline.pipeline.persist import load_state, save_stage
     from slimline.pipeline.stages import STAGE_FUNCTIONS, STAGES, JobState
 
+    _check_uploads(model, dataset)
     spec = build_spec(settings, job, model, dataset)
     directory = job_dir(settings, job.id)
     stages_dir = directory / "stages"

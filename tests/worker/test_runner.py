@@ -18,7 +18,7 @@ from slimline.db.artifacts import job_artifacts
 from slimline.db.job_records import JOBS
 from slimline.db.migrate import upgrade
 from slimline.db.session import make_engine, session_scope
-from slimline.db.uploads import add_dataset, add_model, get_dataset, get_model
+from slimline.db.uploads import add_dataset, add_model, get_dataset, get_model, mark_model_invalid
 from slimline.pipeline.stages import STAGE_FUNCTIONS, JobState
 from slimline.worker.inspection import inspect_upload
 from slimline.worker.runner import run_job
@@ -189,3 +189,19 @@ def test_inspect_uploads_ready_and_invalid(
         "num_classes": 10, "dtype": "float32",
     }  # fmt: skip
     assert bad.error is not None and bad.error["code"] == "invalid_model"
+
+
+def test_a_job_on_an_upload_inspection_refused_fails_with_its_reason(
+    engine: Engine, settings: Settings, digits_weights: Path
+) -> None:
+    tenant_id, model_id = upload_weights(engine, settings, digits_weights)
+    with session_scope(engine) as s:
+        mark_model_invalid(s, model_id, {"code": "invalid_model", "message": "no layers"})
+        job, _ = jobs.create_job(
+            s, tenant_id, job_spec_json(), model_id=model_id, data_name="digits"
+        )
+    assert run_job(settings, job.id, WORKER, engine=engine) == "failed"
+    error = load(engine, job.id).error
+    assert (
+        error is not None and error["code"] == "invalid_model" and "no layers" in error["message"]
+    )
