@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# Two cores: torch's default of one thread per core oversubscribes as soon as a worker process
+# or a second test process runs beside this one, and runs then slow down tenfold.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO.parent / "shared" / "data"

@@ -44,17 +44,15 @@ from slimline.search.finalize import finalize
 from slimline.search.layers import LayerGeometry, find_layers
 from slimline.search.masks import option_mask
 from slimline.search.methods import SearchContext, get_method
-from slimline.search.options import REMOVED, LayerOption, Plan
+from slimline.search.options import REMOVED, Plan
 from slimline.search.position_codes import position_stream_bytes
 from slimline.search.training import TrainConfig, evaluate, pick_device
 
 StageProgress = Callable[[str, dict[str, Any]], None]
 STAGES = ("inspect", "plan", "fine-tune", "export", "verify")
-# The longest option string and position length a header can hold: reserving for them before
-# the plan exists means the real header never outgrows the reserve.
-_WIDEST_OPTION = LayerOption(
-    sparsity="unstructured", density=0.046875, bits=8, granularity="group", group_size=128
-)
+# The longest option string a header can hold ("un" + a float's repr + "/b8/g128"): reserving
+# for it before the plan exists means the real header never outgrows the reserve.
+_WIDEST_OPTION_CHARS = 2 + 24 + len("/b8/g128")
 
 
 @dataclass
@@ -126,16 +124,17 @@ def dense_checkpoint_bytes(model: nn.Module) -> int:
 
 
 def header_reserve(state: JobState) -> int:
-    """Bytes the container header may take, reserved before the plan is known."""
-    widest = Plan.uniform([g.name for g in state.geoms], _WIDEST_OPTION)
+    """Bytes the container header may take, reserved before the plan is known: every layer's
+    option string at its widest, every number at its longest."""
     header = build_header(
         arch=state.source.arch(),
         task="language",  # the longer of the two task names
-        plan=widest,
+        plan=Plan({}),
         positions={g.name: 10**9 for g in state.geoms},
         metrics={"metric": -1.0, "dense_metric": -1.0},
         accounting={"payload": 10**12, "dense": 10**12},
     )
+    header["plan"] = {g.name: "x" * _WIDEST_OPTION_CHARS for g in state.geoms}
     return reserve_header_bytes(header, 10**12)
 
 

@@ -17,7 +17,7 @@ import torch
 from slimline.search.options import LayerOption
 from slimline.search.payload import _expand_scales, code_range, level_offset
 
-CLIP_RATIOS = torch.linspace(0.3, 1.0, 15)
+CLIP_RATIOS = torch.linspace(0.35, 1.0, 12)
 MIN_SCALE = 1e-6  # fp16 keeps this as a subnormal; smaller steps would flush to zero
 
 
@@ -54,22 +54,31 @@ def init_scales(w2d: torch.Tensor, mask: torch.Tensor | None, option: LayerOptio
     """fp32 scales [Sr, Sc] that minimise the squared error of the kept weights of [O, Kp] w2d.
 
     For each scale group, try clipping the range at several fractions of the largest kept
-    magnitude and keep the best; vectorized over groups and ratios.
+    magnitude and keep the best. One ratio at a time: a [ratios x weights] tensor would be
+    larger than the caches, and this runs for every option of every layer when scoring.
     """
     qmin, qmax = code_range(option.bits)
     off = level_offset(option)
     w = w2d.detach().float()
-    keep = torch.ones_like(w) if mask is None else mask.float()
-    wg, kg = _grouped(w * keep, option), _grouped(keep, option)  # [Sr, Sc, L]
+    keep = None if mask is None else _grouped(mask.to(w.dtype), option)
+    wg = _grouped(w if mask is None else w * mask, option)  # [Sr, Sc, L]
     amax = wg.abs().amax(dim=-1, keepdim=True).clamp_min(MIN_SCALE)  # [Sr, Sc, 1]
     top_level = qmax + off  # largest positive level, in steps
-    ratios = CLIP_RATIOS.to(w.device).view(-1, 1, 1, 1)
-    s = (amax.unsqueeze(0) * ratios / top_level).clamp_min(MIN_SCALE)  # [R, Sr, Sc, 1]
-    s = s.half().float().clamp_min(MIN_SCALE)
-    q = torch.clamp(torch.round(wg / s - off), qmin, qmax)
-    err = (((q + off) * s - wg) ** 2 * kg).sum(dim=-1)  # [R, Sr, Sc]
-    best = err.argmin(dim=0, keepdim=True)  # [1, Sr, Sc]
-    return s.squeeze(-1).gather(0, best).squeeze(0)  # [Sr, Sc]
+    best_s = best_err = None
+    for ratio in CLIP_RATIOS.tolist():
+        s = (amax * (ratio / top_level)).half().float().clamp_min(MIN_SCALE)
+        e = (torch.clamp(torch.round(wg / s - off), qmin, qmax) + off).mul_(s).sub_(wg)
+        if keep is not None:
+            e.mul_(keep)
+        err = e.square_().sum(dim=-1, keepdim=True)  # [Sr, Sc, 1]
+        if best_s is None:
+            best_s, best_err = s, err
+        else:
+            better = err < best_err
+            best_s = torch.where(better, s, best_s)
+            best_err = torch.where(better, err, best_err)
+    assert best_s is not None
+    return best_s.squeeze(-1)
 
 
 def effective_scales(step: torch.Tensor) -> torch.Tensor:

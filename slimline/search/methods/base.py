@@ -132,7 +132,11 @@ def get_method(name: str, settings: Mapping[str, Any] | None = None) -> SearchMe
 
 
 def _load_builtin() -> None:
-    from slimline.search.methods import bitshare  # noqa: F401
-    from slimline.search.methods import optuna_search  # noqa: F401
-    from slimline.search.methods import squantizer  # noqa: F401
-    from slimline.search.methods import constrained, uniform  # noqa: F401
+    # importing a method's module registers it
+    from slimline.search.methods import (  # noqa: F401
+        bitshare,
+        constrained,
+        optuna_search,
+        squantizer,
+        uniform,
+    )
