@@ -32,9 +32,7 @@ def test_services_and_commands() -> None:
     assert command(services["migrate"]) == ["python", "-m", "slimline.db.migrate", "--wait", "60"]
     api = command(services["api"])
     assert api[:3] == ["uvicorn", "slimline.service.app:create_app", "--factory"]
-    worker = command(services["worker"])
-    assert worker[:2] == ["slimline", "worker"]
-    assert worker[worker.index("--concurrency") + 1] == "1"
+    assert command(services["worker"])[:2] == ["slimline", "worker"]
     assert services["migrate"]["restart"] == "no"  # one-shot
 
 
@@ -82,3 +80,14 @@ def test_volumes_dependencies_health_and_gpu() -> None:
     assert "deploy" not in services["api"]  # the API never needs a GPU
     postgres_env = services["postgres"]["environment"]
     assert postgres_env["POSTGRES_DB"] == "slimline" and postgres_env["POSTGRES_USER"] == "slimline"
+
+
+def test_the_worker_runs_one_job_at_a_time() -> None:
+    # Concurrency comes from the worker's Celery app (the compose command adds no flag).
+    from slimline.worker.celery_app import create_app
+
+    env = load()["services"]["worker"]["environment"]
+    settings = Settings(**{k.removeprefix(PREFIX).lower(): v for k, v in env.items()})
+    conf = create_app(settings).conf
+    assert (conf.worker_concurrency, conf.worker_prefetch_multiplier) == (1, 1)
+    assert conf.task_acks_late is True
