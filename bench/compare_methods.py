@@ -104,7 +104,12 @@ def main() -> None:
     p.add_argument("--data-root", type=Path, default=DATA_ROOT)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--tag", default="methods")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = RESULTS / ".work"
     work.mkdir(exist_ok=True)
