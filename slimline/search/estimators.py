@@ -13,9 +13,10 @@ black-box search does and what we avoid: an estimator makes ONE pass over calibr
   makes damages of different layers comparable in one knapsack. Several small batches rather
   than one big one, so the squared batch gradient stays close to the per-example Fisher.
 - ``hessian``: HAWQ-V2 (Dong et al., NeurIPS 2020): a Hutchinson estimate of each layer's
-  Hessian trace from Rademacher probes (Hessian-vector products by double backward);
-  damage = trace / numel * ||w - w_hat||^2. One number per layer, so it cannot tell which
-  weights of a layer matter; a negative trace estimate is clamped to 0.
+  Hessian trace from Rademacher probes (Hessian-vector products by double backward, one per
+  layer and probe, on that layer's diagonal block only); damage = trace / numel *
+  ||w - w_hat||^2. One number per layer, so it cannot tell which weights of a layer matter;
+  a negative trace estimate is clamped to 0.
 - ``loss``: the measured loss increase on a calibration batch with only this layer replaced.
   The exception to the contract: its `damage` runs the model. The ground truth in tests, and
   usable on small models.
@@ -112,12 +113,16 @@ class FisherEstimator(DamageEstimator):
 
     def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
         f = self.fisher[geom.name]
-        err = (w.to(f.device).float() - w_hat.to(f.device).float()) ** 2
+        err = (w.detach().to(f.device).float() - w_hat.detach().to(f.device).float()) ** 2
         return float((f * err).sum(dtype=torch.float64))
 
 
 class HessianTraceEstimator(DamageEstimator):
-    """damage = tr(H_l) / numel * ||w - w_hat||^2 with a Hutchinson trace estimate (HAWQ-V2)."""
+    """damage = tr(H_l) / numel * ||w - w_hat||^2 with a Hutchinson trace estimate (HAWQ-V2).
+
+    The model runs forward ``batches`` times; each batch costs one backward with graph plus
+    ``probes`` Hessian-vector products per layer (double backward).
+    """
 
     name = "hessian"
 
@@ -147,17 +152,16 @@ class HessianTraceEstimator(DamageEstimator):
             for x, y in _calibration_batches(data, batches, batch_size, seed):
                 loss = task_loss(data.task, model(x.to(device)), y.to(device))
                 grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
-                live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-                for p in range(self.probes):
-                    probes = [_rademacher(weights[i], gen) for i in live]
-                    hvs = torch.autograd.grad(
-                        [grads[i] for i in live],
-                        [weights[i] for i in live],
-                        grad_outputs=probes,
-                        retain_graph=p < self.probes - 1,
-                        allow_unused=True,
-                    )
-                    for i, v, hv in zip(live, probes, hvs, strict=True):
+                for i, g in enumerate(grads):
+                    if g is None or not g.requires_grad:
+                        continue  # the loss is linear in this weight: zero curvature
+                    for _ in range(self.probes):
+                        # H_ll v for this layer's block alone: a joint probe over all layers
+                        # would add cross-layer terms v_l' H_l'l v_l, unbiased but far noisier
+                        v = _rademacher(weights[i], gen)
+                        (hv,) = torch.autograd.grad(
+                            g, weights[i], grad_outputs=v, retain_graph=True, allow_unused=True
+                        )
                         if hv is not None:
                             traces[i] += float((v * hv).sum())
                 n += self.probes
@@ -166,7 +170,7 @@ class HessianTraceEstimator(DamageEstimator):
         }
 
     def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
-        err = (w.float() - w_hat.to(w.device).float()) ** 2
+        err = (w.detach().float() - w_hat.detach().to(w.device).float()) ** 2
         return self.scale[geom.name] * float(err.sum(dtype=torch.float64))
 
 

@@ -228,6 +228,72 @@ def test_parametrized_layers_are_refused(mnist) -> None:
         score_model(model, geoms, mnist, options=few_options, batches=1)
 
 
+# --------------------------------------------------------------------- the three estimators
+def test_fisher_is_the_mean_squared_gradient_over_the_calibration_batches(mnist) -> None:
+    from slimline.search.training import batches, task_loss
+
+    model = small_mlp()
+    geoms = find_layers(model)
+    est = FisherEstimator()
+    est.prepare(model, geoms, mnist, batches=3, batch_size=16, seed=5)
+    w = model[7].weight
+    manual = torch.zeros_like(w)
+    for _, (x, y) in zip(range(3), batches(mnist, 16, 5), strict=False):
+        (g,) = torch.autograd.grad(task_loss("classify", model(x), y), [w])
+        manual += g**2 / 3
+    torch.testing.assert_close(est.fisher["7"], manual, rtol=1e-5, atol=1e-12)
+    geom, delta = geoms[3], torch.randn_like(w) * 1e-2
+    assert est.damage(geom, w, w) == 0.0
+    assert est.damage(geom, w, w + delta) == pytest.approx(float((manual * delta**2).sum()))
+    assert est.damage(geom, w, w + 2 * delta) == pytest.approx(4 * est.damage(geom, w, w + delta))
+
+
+def test_hutchinson_trace_matches_the_exact_hessian_trace(mnist) -> None:
+    from slimline.search.estimators import HessianTraceEstimator
+    from slimline.search.training import batches, task_loss
+
+    # 2x2 pooled MNIST, labels mod 3: small enough for the exact Hessian
+    x = nn.functional.avg_pool2d(mnist.x_train[:512], 14).flatten(1)  # [512, 4]
+    small = Split("classify", x, mnist.y_train[:512] % 3, x[:8], mnist.y_train[:8] % 3)
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    geoms = find_layers(model)
+    est = HessianTraceEstimator(probes=300)
+    est.prepare(model, geoms, small, batches=2, batch_size=64)
+    for geom, layer in zip(geoms, (model[0], model[2]), strict=True):
+        exact = 0.0
+        for _, (xb, yb) in zip(range(2), batches(small, 64, 0), strict=False):
+
+            def loss_of(w, xb=xb, yb=yb, name=f"{geom.name}.weight"):
+                out = torch.func.functional_call(model, {name: w}, (xb,))
+                return task_loss("classify", out, yb)
+
+            h = torch.autograd.functional.hessian(loss_of, layer.weight.detach())
+            exact += float(h.reshape(layer.weight.numel(), -1).diagonal().sum()) / 2
+        assert est.scale[geom.name] * geom.numel == pytest.approx(exact, rel=0.1)
+
+
+def test_loss_delta_is_the_measured_loss_change(mnist) -> None:
+    from slimline.search.training import task_loss
+
+    model = small_mlp()
+    geoms = find_layers(model)
+    est = LossDeltaEstimator(examples=300, split="val")
+    est.prepare(model, geoms, mnist)
+    x, y = mnist.x_val[:300], mnist.y_val[:300]
+    with torch.no_grad():
+        base = float(task_loss("classify", model(x), y))
+        w = model[3].weight.detach().clone()
+        w_hat = w * 0.5
+        got = est.damage(geoms[1], w, w_hat)
+        model[3].weight.copy_(w_hat)
+        expected = float(task_loss("classify", model(x), y)) - base
+        model[3].weight.copy_(w)
+    assert got == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert torch.equal(model[3].weight, w)
+    assert est.damage(geoms[1], w, w) == 0.0
+
+
 # --------------------------------------------------------------------- stored scores, plans
 def test_scores_round_trip_resolve_within_budget_and_pareto(mnist) -> None:
     model = small_mlp()
