@@ -9,7 +9,9 @@ fine-tuning of the fixed plan, from the same dense weights every method starts f
 What we do differently from the paper:
   - the cost is the layer's bytes in slimline's accounting, not BOPs;
   - lambda is not a hand-set knob: a bisection on log(lambda), a few short searches from the
-    same dense start, puts the gated configuration's bytes near the budget;
+    same dense start, puts the gated configuration's bytes near the budget. Those bytes are
+    exact (positions included) for the options nearest the gates, so the bisection corrects
+    what the search's differentiable estimate leaves out;
   - the paper has no hard constraint; we project exactly onto the byte budget with the
     multiple-choice knapsack of `allocation`: each layer may take the option nearest its gated
     configuration or a neighbour (one step more/fewer bits, denser/sparser), with damage = the
@@ -28,7 +30,6 @@ What we do differently from the paper:
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 class BitShareSettings(MethodSettings):
     search_steps: int = 100  # optimizer steps of one gate search (one search per lambda tried)
     lr: float = 1e-3  # Adam lr of weights, clips and every other model parameter while searching
-    gate_lr: float = 1e-2  # Adam lr of the gate thresholds (residual means are ~0.01-0.1)
+    gate_lr: float = 1e-2  # Adam lr of the gate thresholds (which live in [0, 1])
     group_rows: int = 4  # output channels per pruning gate (the paper: 4 on CIFAR ResNets)
     batch_size: int = 64  # search mini-batch
     lambda_min: float = 1e-3  # bisection bracket on the byte penalty's weight (log scale)
@@ -68,8 +69,17 @@ class BitShareSettings(MethodSettings):
     distance_penalty: float = 0.5  # damage per step from the gated config, x mean gated damage
 
     def __post_init__(self) -> None:
-        positive = ("search_steps", "lr", "gate_lr", "group_rows", "batch_size", "lambda_min")
-        positive += ("lambda_iters", "calib_batches", "calib_batch_size")
+        positive = (
+            "search_steps",
+            "lr",
+            "gate_lr",
+            "group_rows",
+            "batch_size",
+            "lambda_min",
+            "lambda_iters",
+            "calib_batches",
+            "calib_batch_size",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise InvalidOption(
@@ -209,7 +219,7 @@ class BitShareMethod(SearchMethod):
         self.report = {"searches": []}
         widest = {g.name: GatedConfig(bits=8, kept=1.0) for g in ctx.geoms}
         if gated_bytes(widest) <= ctx.layer_budget:
-            configs, searched = widest, copy.deepcopy(ctx.model)
+            configs, searched = widest, ctx.model  # scoring leaves the model unchanged
         else:
             found = self.bisect_lambda(ctx, gated_bytes)
             configs, searched = found.configs, found.model
