@@ -89,6 +89,34 @@ def _compress(args: argparse.Namespace) -> int:
     return 0 if report["within_budget"] and report["verify"].get("equal") else 1
 
 
+def _keys_create(args: argparse.Namespace) -> int:
+    from slimline.config import get_settings
+    from slimline.db.migrate import upgrade
+    from slimline.service.keys import create_key_command
+
+    settings = get_settings()
+    upgrade(settings.database_url)  # idempotent: the embedded default starts with no database
+    key = create_key_command(settings, args.tenant)
+    print(key)
+    print(
+        f"(a new key for tenant {args.tenant!r}; only its hash is stored, keep it now)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from slimline.config import get_settings
+    from slimline.worker.celery_app import create_app
+
+    app = create_app(get_settings())
+    argv = ["worker", "--pool=solo", "--concurrency=1", f"--loglevel={args.loglevel}"]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    app.worker_main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", default=None, help="also write the JSON report here")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=_compress)
+
+    keys = sub.add_parser("keys", help="API keys of the service").add_subparsers(
+        dest="keys_command", required=True
+    )
+    kc = keys.add_parser("create", help="create a key for a tenant (the tenant is made if new)")
+    kc.add_argument("--tenant", required=True, help="tenant name")
+    kc.set_defaults(func=_keys_create)
+
+    w = sub.add_parser("worker", help="run a Celery worker (one job at a time) from the settings")
+    w.add_argument("--loglevel", default="INFO")
+    w.add_argument("--hostname", default=None, help="worker name (default: celery's)")
+    w.set_defaults(func=_worker)
     return p
 
 
