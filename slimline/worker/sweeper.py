@@ -2,13 +2,15 @@
 
 ``jobs.sweep`` only changes rows; the messages go out after its transaction commits, so a
 job is never in the broker before its row says queued. The ``slimline.sweep`` task calls this
-(from beat, in a deployment that runs it), and the embedded server calls it on a timer.
+(from beat, in a deployment that runs it), and the embedded server calls it on a timer with
+the API's sender, e.g. ``lambda job_id: enqueuer.send(RUN_JOB, job_id)``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from celery import Celery
 from sqlalchemy import Engine
@@ -26,7 +28,10 @@ def send_run_job(app: Celery, job_id: str) -> None:
     app.send_task(TASK_RUN_JOB, args=[job_id])
 
 
-def sweep_and_send(app: Celery, settings: Settings, engine: Engine) -> jobs.SweepResult:
+SendJob = Callable[[str], None]  # hands a job id to the broker as slimline.run_job
+
+
+def sweep_and_send(send_job: SendJob, settings: Settings, engine: Engine) -> jobs.SweepResult:
     """One sweep: repair stale and lost jobs, then send every job it says to send."""
     with session_scope(engine) as session:
         result = jobs.sweep(
@@ -35,7 +40,7 @@ def sweep_and_send(app: Celery, settings: Settings, engine: Engine) -> jobs.Swee
             requeue_after_s=settings.requeue_after_s,
         )
     for job_id in result.to_enqueue:
-        send_run_job(app, job_id)
+        send_job(job_id)
     if result.requeued or result.failed or result.cancelled or result.to_enqueue:
         log.info(
             "sweep: requeued %s, failed %s, cancelled %s, sent %s",
@@ -48,8 +53,10 @@ class SweepTimer:
     """Calls ``sweep_and_send`` every ``interval_s`` on a daemon thread (the embedded server
     has no beat). Errors are logged and the next tick tries again."""
 
-    def __init__(self, app: Celery, settings: Settings, engine: Engine, interval_s: float) -> None:
-        self._args = (app, settings, engine)
+    def __init__(
+        self, send_job: SendJob, settings: Settings, engine: Engine, interval_s: float
+    ) -> None:
+        self._args = (send_job, settings, engine)
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="slimline-sweep", daemon=True)

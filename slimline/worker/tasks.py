@@ -86,10 +86,11 @@ def inspect_upload(task: Task[Any, Any], kind: str, record_id: str) -> str:
 
 def sweep(task: Task[Any, Any]) -> dict[str, list[str]]:
     """``slimline.sweep``: re-queue jobs of dead workers, re-send jobs the broker lost."""
-    from slimline.worker.sweeper import sweep_and_send
+    from slimline.worker.sweeper import send_run_job, sweep_and_send
 
-    settings = app_settings(task.app)
-    result = sweep_and_send(task.app, settings, process_engine(settings))
+    app = task.app
+    settings = app_settings(app)
+    result = sweep_and_send(lambda jid: send_run_job(app, jid), settings, process_engine(settings))
     return {"requeued": list(result.requeued), "sent": list(result.to_enqueue)}
 
 

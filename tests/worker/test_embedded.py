@@ -131,10 +131,12 @@ def test_a_job_whose_worker_died_is_resent_by_the_sweep_timer(
     worker.proc.kill()
     worker.proc.wait(timeout=30)
     worker.start()
-    timer = SweepTimer(app, settings, engine, interval_s=0.5)
+    sender = CeleryEnqueuer(settings)  # the server sweeps with the API's sender
+    timer = SweepTimer(lambda job_id: sender.send(RUN_JOB, job_id), settings, engine, 0.5)
     timer.start()
     try:
         done = wait_status(engine, job.id, "succeeded")
     finally:
         timer.stop()
+        sender.close()
     assert done.attempts == 2
