@@ -106,16 +106,24 @@ def pareto_front(
     *,
     groups: Sequence[Sequence[int]] = (),
 ) -> list[tuple[int, float]]:
-    """Exact optima at ``points`` budgets evenly spaced from the smallest to the largest total
-    (bytes actually used, damage); damage never increases along the list."""
+    """Exact optima at ``points`` budgets evenly spaced from the smallest to the largest total.
+
+    Returns (bytes used, damage) pairs, bytes strictly increasing and damage strictly
+    decreasing: optima that tie on damage are merged into the cheapest, so there may be fewer
+    than ``points``. The first uses the fewest bytes possible, the last reaches the least damage.
+    """
     ks = _Knapsack(bytes, damage, groups)
-    lo, hi = ks.min_bytes, ks.max_bytes
-    budgets = np.unique(np.linspace(lo, hi, max(1, points)).round().astype(np.int64))
-    out = []
-    for b in budgets:
+    budgets = np.unique(np.linspace(ks.min_bytes, ks.max_bytes, max(1, points)).round())
+    found = []
+    for b in budgets.astype(np.int64):
         a = ks.allocation(ks.solve(int(b), "exact"), "exact", 0.0)
-        out.append((a.bytes, a.damage))
-    return out
+        found.append((a.bytes, a.damage))
+    front: list[tuple[int, float]] = []
+    for b, d in sorted(found):
+        if front and d >= front[-1][1]:
+            continue  # no better than a cheaper point
+        front.append((b, d))
+    return front
 
 
 # ------------------------------------------------------------------------------ preparation

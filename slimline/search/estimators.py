@@ -216,7 +216,7 @@ class LossDeltaEstimator(DamageEstimator):
 
     def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
         with calibration_mode(self.model, self.device), torch.no_grad():
-            param = _weight(self.model, geom)
+            param = layer_weight(self.model, geom)
             saved = param.detach().clone()
             try:
                 param.copy_(w_hat)
@@ -289,7 +289,7 @@ def calibration_mode(model: nn.Module, device: torch.device | str) -> Iterator[n
 @contextmanager
 def _gradients_on(model: nn.Module, geoms: Sequence[LayerGeometry]) -> Iterator[list[nn.Parameter]]:
     """The layers' weights, requiring grad inside the block (flags restored after)."""
-    weights = [_weight(model, g) for g in geoms]
+    weights = [layer_weight(model, g) for g in geoms]
     flags = [w.requires_grad for w in weights]
     try:
         for w in weights:
@@ -301,7 +301,8 @@ def _gradients_on(model: nn.Module, geoms: Sequence[LayerGeometry]) -> Iterator[
             w.requires_grad_(f)
 
 
-def _weight(model: nn.Module, geom: LayerGeometry) -> nn.Parameter:
+def layer_weight(model: nn.Module, geom: LayerGeometry) -> nn.Parameter:
+    """The dense weight parameter of layer ``geom``; refuses parametrized (compressed) layers."""
     mod = model.get_submodule(geom.name)
     if parametrize.is_parametrized(mod, "weight"):
         raise InvalidOption(

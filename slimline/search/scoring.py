@@ -28,7 +28,12 @@ from slimline.errors import InvalidOption
 from slimline.search.accounting import kept_count, layer_bytes
 from slimline.search.allocation import Allocation, allocate, byte_range, pareto_front
 from slimline.search.compressed import CompressedWeight
-from slimline.search.estimators import DamageEstimator, calibration_mode, get_estimator
+from slimline.search.estimators import (
+    DamageEstimator,
+    calibration_mode,
+    get_estimator,
+    layer_weight,
+)
 from slimline.search.layers import LayerGeometry
 from slimline.search.options import DENSITIES, FP16, NM_PATTERNS, REMOVED, LayerOption, Plan
 from slimline.search.position_codes import position_stream_bytes
@@ -239,13 +244,15 @@ def score_model(
     """
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     geoms = list(geoms)
+    for geom in geoms:
+        layer_weight(model, geom)  # refuse parametrized layers before any work
     out: list[LayerScores] = []
     with calibration_mode(model, device):
         est.prepare(
             model, geoms, data, batches=batches, batch_size=batch_size, device=device, seed=seed
         )
         for step, geom in enumerate(geoms, start=1):
-            w = model.get_submodule(geom.name).weight.detach().clone()
+            w = layer_weight(model, geom).detach().clone()
             opts = list(options(geom))
             nbytes = np.empty(len(opts), dtype=np.int64)
             damage = np.empty(len(opts), dtype=np.float64)

@@ -242,16 +242,18 @@ def test_exact_on_medium_instances_equals_exhaustive_search_over_survivors() -> 
             assert a.damage == pytest.approx(best[0], rel=1e-12)
 
 
-def test_pareto_front_is_exact_and_monotone() -> None:
-    rng = np.random.default_rng(3)
-    bytes_, damage = random_instance(rng)
-    lo, hi = byte_range(bytes_, damage)
-    front = pareto_front(bytes_, damage, 12)
-    assert front[0][0] == lo and front[-1][0] == hi
-    assert all(b1 <= b2 and d1 >= d2 for (b1, d1), (b2, d2) in itertools.pairwise(front))
-    for b, d in front:
-        best = brute_force(bytes_, damage, b)
-        assert best is not None and d == pytest.approx(best[0], rel=1e-9, abs=1e-12)
+def test_pareto_front_is_exact_and_strictly_monotone() -> None:
+    for seed in range(20):
+        rng = np.random.default_rng(3 + seed)
+        bytes_, damage = random_instance(rng)
+        damage = [np.round(d, 1) for d in damage]  # many ties on damage
+        lo, hi = byte_range(bytes_, damage)
+        front = pareto_front(bytes_, damage, 12)
+        assert front[0][0] == lo and front[-1][0] == hi
+        assert all(b1 < b2 and d1 > d2 for (b1, d1), (b2, d2) in itertools.pairwise(front))
+        for b, d in front:
+            best = brute_force(bytes_, damage, b)
+            assert best is not None and d == pytest.approx(best[0], rel=1e-9, abs=1e-12)
 
 
 def test_budget_above_everything_takes_the_least_damage_option_each() -> None:
