@@ -22,12 +22,13 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from slimline.search.compressed import CompressedWeight
 from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
-from slimline.search.options import Plan
+from slimline.search.options import LayerOption, Plan
 from slimline.search.scoring import Scores, score_model
 from slimline.search.training import TrainConfig, set_training_mode, task_loss, train
 
@@ -50,9 +51,13 @@ class ConstrainedMethod(SearchMethod):
     settings: ConstrainedSettings
 
     # ------------------------------------------------------------------ search
-    def _score(self, ctx: SearchContext, model: nn.Module) -> Scores:
+    def _score(
+        self, ctx: SearchContext, model: nn.Module, restrict: dict[str, list[LayerOption]] | None
+    ) -> Scores:
+        """One scoring pass; ``restrict`` limits each layer to the given options."""
         s = self.settings
         t0 = time.perf_counter()
+        kw: dict[str, Any] = {} if restrict is None else {"options": lambda g: restrict[g.name]}
         scores = score_model(
             model,
             ctx.geoms,
@@ -63,6 +68,7 @@ class ConstrainedMethod(SearchMethod):
             device=ctx.device,
             seed=ctx.seed,
             progress=ctx.progress,
+            **kw,
         )
         self.report["scores_seconds"] = self.report.get("scores_seconds", 0.0) + (
             time.perf_counter() - t0
@@ -78,7 +84,7 @@ class ConstrainedMethod(SearchMethod):
         return plan
 
     def propose(self, ctx: SearchContext) -> Plan:
-        self.last_scores = self._score(ctx, ctx.model)
+        self.last_scores = self._score(ctx, ctx.model, None)
         return self._solve(ctx, self.last_scores)
 
     # --------------------------------------------------------------- fine-tune
@@ -100,6 +106,10 @@ class ConstrainedMethod(SearchMethod):
         u = {n: torch.zeros_like(w) for n, w in weights.items()}  # scaled dual
         every = max(1, cfg.steps(len(ctx.data.x_train)) // (self.settings.projections + 1))
         state = {"plan": plan}
+        # Re-projections score only the options that were Pareto-efficient (bytes vs damage)
+        # in the first pass: a dominated option rarely becomes optimal as W moves, and it
+        # makes each re-projection several times cheaper.
+        restrict = efficient_options(self.last_scores) if self.last_scores is not None else None
 
         def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             penalty = sum(((weights[n] - v[n] + u[n]) ** 2).sum() for n in weights)
@@ -113,7 +123,7 @@ class ConstrainedMethod(SearchMethod):
                 saved = {n: w.detach().clone() for n, w in weights.items()}
                 for n, w in weights.items():
                     w.add_(u[n])
-            state["plan"] = self._solve(ctx, self._score(ctx, model))
+            state["plan"] = self._solve(ctx, self._score(ctx, model, restrict))
             set_training_mode(model, True)  # scoring evaluates; training goes on
             with torch.no_grad():
                 for n, w in weights.items():
@@ -136,7 +146,21 @@ class ConstrainedMethod(SearchMethod):
         )
         # the final structure: re-score and re-solve at the trained W, so the masks the QAT
         # phase starts from are exactly the ones the allocation counted
-        return self._solve(ctx, self._score(ctx, model))
+        return self._solve(ctx, self._score(ctx, model, restrict))
+
+
+def efficient_options(scores: Scores) -> dict[str, list[LayerOption]]:
+    """Per layer, the options no other option beats on both bytes and damage."""
+    out: dict[str, list[LayerOption]] = {}
+    for layer in scores.layers:
+        order = np.lexsort((layer.damage, layer.bytes))  # by bytes, then damage
+        keep, best = [], float("inf")
+        for i in order:
+            if layer.damage[i] < best:
+                keep.append(layer.options[i])
+                best = float(layer.damage[i])
+        out[layer.name] = keep
+    return out
 
 
 def _compress(option: Any, w: torch.Tensor) -> torch.Tensor:
