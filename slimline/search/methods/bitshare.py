@@ -198,6 +198,14 @@ class ExactBytes:
 # ------------------------------------------------------------------------------ the method
 @register
 class BitShareMethod(SearchMethod):
+    """SBS search and exact projection (`propose`), then the base class's plain QAT.
+
+    After `propose`, `report` holds: ``searches`` (lambda, exact gated bytes and last loss of
+    each search), ``lambda`` and ``gated`` (the configuration the plan was projected from),
+    ``gated_bytes``, ``radius`` (ladder steps the plan may stray from it; None: any) and the
+    seconds of search, scoring and allocation.
+    """
+
     name = "bitshare"
     settings_cls = BitShareSettings
 
@@ -216,7 +224,7 @@ class BitShareMethod(SearchMethod):
         def gated_bytes(configs: dict[str, GatedConfig]) -> int:
             return sum(exact(g, grids[g.name].nearest(configs[g.name])) for g in ctx.geoms)
 
-        self.report = {"searches": []}
+        self.report = {"searches": [], "scores_seconds": 0.0, "allocation_seconds": 0.0}
         widest = {g.name: GatedConfig(bits=8, kept=1.0) for g in ctx.geoms}
         if gated_bytes(widest) <= ctx.layer_budget:
             configs, searched = widest, ctx.model  # scoring leaves the model unchanged
@@ -237,7 +245,7 @@ class BitShareMethod(SearchMethod):
             scores = self.score(ctx, searched, {n: grid.options for n, grid in grids.items()})
             plan = self.project(ctx, scores, grids, configs, exact, radii=(2, 4, None))
         self.last_scores = scores
-        self.report.update(search_seconds=t1 - t0, projection_seconds=time.perf_counter() - t1)
+        self.report["search_seconds"] = t1 - t0
         return plan
 
     def score(
@@ -246,7 +254,8 @@ class BitShareMethod(SearchMethod):
         """Fisher damage of each layer's ``options`` on ``model`` (the searched weights)."""
         from slimline.search.scoring import score_model
 
-        return score_model(
+        t0 = time.perf_counter()
+        scores = score_model(
             model,
             ctx.geoms,
             ctx.data,
@@ -257,6 +266,8 @@ class BitShareMethod(SearchMethod):
             device=ctx.device,
             seed=ctx.seed,
         )
+        self.report["scores_seconds"] += time.perf_counter() - t0
+        return scores
 
     def bisect_lambda(
         self, ctx: SearchContext, gated_bytes: Callable[[dict[str, GatedConfig]], int]
@@ -344,12 +355,15 @@ class BitShareMethod(SearchMethod):
                 d[k] + self.config.distance_penalty * ref * st[k].sum(axis=1)
                 for d, st, k in zip(damage, steps, keep, strict=True)
             ]
+            t0 = time.perf_counter()
             try:
                 alloc = allocate(
                     [b[k] for b, k in zip(nbytes, keep, strict=True)], penalized, ctx.layer_budget
                 )
             except InfeasibleBudget:
                 continue
+            finally:
+                self.report["allocation_seconds"] += time.perf_counter() - t0
             self.report["radius"] = radius
             plan = Plan(
                 {
