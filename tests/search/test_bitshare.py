@@ -19,10 +19,11 @@ from slimline.search.compressed import apply_plan
 from slimline.search.export import other_stored_bytes
 from slimline.search.layers import find_layers
 from slimline.search.methods import SearchContext, get_method
-from slimline.search.methods.bitshare import BitShareSettings, OptionGrid
+from slimline.search.methods.bitshare import BitShareSettings
 from slimline.search.methods.bitshare_gates import (
     BitShareWeight,
     GatedConfig,
+    OptionGrid,
     discretize,
     gate_ste,
     search_gates,

@@ -44,7 +44,12 @@ from slimline.search.accounting import layer_bytes
 from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
 from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
-from slimline.search.methods.bitshare_gates import GatedConfig, GateSearch, search_gates
+from slimline.search.methods.bitshare_gates import (
+    GatedConfig,
+    GateSearch,
+    OptionGrid,
+    search_gates,
+)
 from slimline.search.options import LayerOption, Plan
 from slimline.search.position_codes import position_stream_bytes
 from slimline.search.training import Progress
@@ -106,70 +111,6 @@ class BitShareSettings(MethodSettings):
                 field="distance_penalty",
                 value=self.distance_penalty,
             )
-
-
-# ------------------------------------------------------------------ gated config -> options
-def sparsity_level(option: LayerOption) -> float:
-    """Fraction of weights an option keeps: 0 removed, 1 dense, n/m, or the density."""
-    if option.sparsity == "removed":
-        return 0.0
-    if option.sparsity == "nm":
-        return option.n / option.m
-    return option.density
-
-
-class OptionGrid:
-    """A layer's candidates on two ladders, sparsity level and width, to measure how far an
-    option is from a gated configuration (in ladder steps)."""
-
-    def __init__(self, options: list[LayerOption]) -> None:
-        self.options = options
-        self.levels = sorted({sparsity_level(o) for o in options})  # ascending, maybe 0.0
-        self.widths = sorted({o.bits for o in options if o.sparsity != "removed"})
-
-    def position(self, cfg: GatedConfig) -> tuple[int, int]:
-        """(level index, width index) of the gated configuration."""
-        if cfg.kept <= 0 and self.levels[0] == 0.0:
-            level = 0
-        else:
-            positive = [i for i, v in enumerate(self.levels) if v > 0]
-            target = math.log(max(cfg.kept, 1e-9))
-            level = min(positive, key=lambda i: abs(math.log(self.levels[i]) - target))
-        width = min(range(len(self.widths)), key=lambda i: abs(self.widths[i] - cfg.bits))
-        return level, width
-
-    def steps(self, cfg: GatedConfig) -> np.ndarray:
-        """int [len(options), 2]: |level steps|, |width steps| of every option from ``cfg``
-        (widths do not count when either side is removed)."""
-        level, width = self.position(cfg)
-        out = np.zeros((len(self.options), 2), dtype=np.int64)
-        for i, o in enumerate(self.options):
-            out[i, 0] = abs(self.levels.index(sparsity_level(o)) - level)
-            if o.sparsity != "removed" and self.levels[level] > 0:
-                out[i, 1] = abs(self.widths.index(o.bits) - width)
-        return out
-
-    def near(self, cfg: GatedConfig, radius: int) -> list[LayerOption]:
-        """The options at most ``radius`` steps from ``cfg`` on each ladder."""
-        away = self.steps(cfg).max(axis=1)
-        return [o for o, a in zip(self.options, away, strict=True) if a <= radius]
-
-    def nearest(self, cfg: GatedConfig) -> LayerOption:
-        """The option that says what the gates say: at the gated level and width, preferring
-        unstructured (a fraction of weights kept) and per-channel scales."""
-        kind = {"unstructured": 0, "dense": 0, "removed": 0, "nm": 1}
-        gran = {"channel": 0, "none": 0, "tensor": 1, "group": 2}
-        steps = self.steps(cfg).sum(axis=1)
-        best = min(
-            range(len(self.options)),
-            key=lambda i: (
-                steps[i],
-                kind[self.options[i].sparsity],
-                gran[self.options[i].granularity],
-                self.options[i].group_size,
-            ),
-        )
-        return self.options[best]
 
 
 class ExactBytes:

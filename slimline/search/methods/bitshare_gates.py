@@ -6,8 +6,9 @@ learned gates decide how many residuals a layer keeps. A third kind of gate, one
 output channels, prunes the group ("0 bits"). Every gate is a hard 0/1 in the forward pass and
 a sigmoid in the backward pass, so a byte penalty can pull thresholds up until gates close.
 
-This module is the differentiable part and one search at a fixed penalty weight
-(`search_gates`); `bitshare.py` chooses that weight and turns the gates into a slimline plan.
+This module is the differentiable part, one search at a fixed penalty weight (`search_gates`)
+and how a gated configuration reads on slimline's option ladders (`OptionGrid`); `bitshare.py`
+chooses the penalty weight and projects the gates onto the budget.
 Differences from the paper that live here:
   - every gate compares a magnitude normalised to [0, 1] with its threshold: a residual's mean
     |e| over the largest |e| it can have (half the coarser step: 1/6 for e4, 1/30 for e8), a
@@ -26,14 +27,17 @@ Differences from the paper that live here:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from slimline.search.layers import LayerGeometry
+from slimline.search.options import LayerOption
 from slimline.search.quantize import round_ste
 from slimline.search.training import TrainData, batches, set_training_mode, task_loss
 
@@ -224,3 +228,67 @@ def search_gates(
         configs[g.name] = quantizers[g.name].config(mod.parametrizations["weight"].original)
         parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
     return GateSearch(lam=lam, configs=configs, model=work, loss=loss_value)
+
+
+# ------------------------------------------------------------------ gated config -> options
+def sparsity_level(option: LayerOption) -> float:
+    """Fraction of weights an option keeps: 0 removed, 1 dense, n/m, or the density."""
+    if option.sparsity == "removed":
+        return 0.0
+    if option.sparsity == "nm":
+        return option.n / option.m
+    return option.density
+
+
+class OptionGrid:
+    """A layer's candidates on two ladders, sparsity level and width, to measure how far an
+    option is from a gated configuration (in ladder steps)."""
+
+    def __init__(self, options: list[LayerOption]) -> None:
+        self.options = options
+        self.levels = sorted({sparsity_level(o) for o in options})  # ascending, maybe 0.0
+        self.widths = sorted({o.bits for o in options if o.sparsity != "removed"})
+
+    def position(self, cfg: GatedConfig) -> tuple[int, int]:
+        """(level index, width index) of the gated configuration."""
+        if cfg.kept <= 0 and self.levels[0] == 0.0:
+            level = 0
+        else:
+            positive = [i for i, v in enumerate(self.levels) if v > 0]
+            target = math.log(max(cfg.kept, 1e-9))
+            level = min(positive, key=lambda i: abs(math.log(self.levels[i]) - target))
+        width = min(range(len(self.widths)), key=lambda i: abs(self.widths[i] - cfg.bits))
+        return level, width
+
+    def steps(self, cfg: GatedConfig) -> np.ndarray:
+        """int [len(options), 2]: |level steps|, |width steps| of every option from ``cfg``
+        (widths do not count when either side is removed)."""
+        level, width = self.position(cfg)
+        out = np.zeros((len(self.options), 2), dtype=np.int64)
+        for i, o in enumerate(self.options):
+            out[i, 0] = abs(self.levels.index(sparsity_level(o)) - level)
+            if o.sparsity != "removed" and self.levels[level] > 0:
+                out[i, 1] = abs(self.widths.index(o.bits) - width)
+        return out
+
+    def near(self, cfg: GatedConfig, radius: int) -> list[LayerOption]:
+        """The options at most ``radius`` steps from ``cfg`` on each ladder."""
+        away = self.steps(cfg).max(axis=1)
+        return [o for o, a in zip(self.options, away, strict=True) if a <= radius]
+
+    def nearest(self, cfg: GatedConfig) -> LayerOption:
+        """The option that says what the gates say: at the gated level and width, preferring
+        unstructured (a fraction of weights kept) and per-channel scales."""
+        kind = {"unstructured": 0, "dense": 0, "removed": 0, "nm": 1}
+        gran = {"channel": 0, "none": 0, "tensor": 1, "group": 2}
+        steps = self.steps(cfg).sum(axis=1)
+        best = min(
+            range(len(self.options)),
+            key=lambda i: (
+                steps[i],
+                kind[self.options[i].sparsity],
+                gran[self.options[i].granularity],
+                self.options[i].group_size,
+            ),
+        )
+        return self.options[best]
