@@ -38,7 +38,7 @@ from tests.db.conftest import pg_admin  # noqa: F401 (a fixture, used by the wor
 T = TypeVar("T")
 
 SEED = 0
-FT_STEPS = 60  # fine-tuning steps of the standard job: long enough to kill the worker in
+FT_STEPS = 100  # fine-tuning steps of the standard job: long enough to kill the worker in
 
 
 def _train_dense(path: Path, data_root: Path) -> None:

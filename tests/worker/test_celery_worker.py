@@ -31,6 +31,7 @@ from slimline.worker.celery_app import TASK_INSPECT_UPLOAD, TASK_RUN_JOB, TASK_S
 from slimline.worker.runner import build_spec, job_dir
 from tests.db.conftest import create_pg_database, drop_pg_database
 from tests.worker.conftest import (
+    FT_STEPS,
     WorkerProcess,
     events,
     job_row,
@@ -156,7 +157,7 @@ def test_job_runs_to_success_with_artifacts_and_events(
     assert statuses == ["queued", "running", "succeeded"]
     assert [e.stage for e in evs if e.kind == "stage"] == list(STAGES)
     steps = [e.data for e in evs if e.kind == "progress" and e.stage == "fine-tune" and e.data]
-    assert any(d.get("step") == d.get("total") == 60 for d in steps), steps
+    assert any(d.get("step") == d.get("total") == FT_STEPS for d in steps), steps
     assert any(d.get("event") == "end" for d in steps)
 
     with session_scope(engine) as s:
