@@ -21,7 +21,11 @@ branch and bound built on the LP relaxation, which the greedy computes for free:
 2. A dynamic program over the layers that still have a choice keeps the Pareto set of partial
    (bytes, damage) states, pruned by the LP bound of the layers not yet decided. Everything is
    in coordinates local to each layer's LP vertex, so the numbers compared are of the size of
-   the gap, not of the (possibly huge) damage of removing a layer.
+   the gap, not of the (possibly huge) damage of removing a layer. A first pass keeps only
+   the `BEAM` best-bounded states per layer (a heuristic that usually finds the optimum and so
+   shrinks the gap); the second, untruncated pass proves optimality. Its state count is not
+   bounded a priori (pathological instances could be slow), but on realistic 200 x 40
+   instances it stays in the thousands: about 0.1 s (bench/allocate.py).
 Greedy, LP bound and exact solver share one preparation (`_Knapsack`), so a Pareto curve of 40
 budgets costs 40 small searches.
 

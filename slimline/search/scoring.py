@@ -237,7 +237,7 @@ def score_model(
 ) -> Scores:
     """Bytes and damage of every option of every layer, from one calibration pass.
 
-    ``estimator`` is a name (`estimators.get_estimator`) or a prepared-to-be instance. The
+    ``estimator`` is a name (`estimators.get_estimator`) or an instance (prepared here). The
     model is left unchanged. ``progress`` gets ``{"step": i, "total": n}`` after each layer.
     The model is run ``batches`` times by `prepare` and never per option (except by the
     "loss" estimator, whose damage is a measurement).
