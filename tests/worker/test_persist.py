@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from slimline.pipeline.persist import finished_stages, load_state, save_stage
 from slimline.pipeline.stages import STAGE_FUNCTIONS, STAGES, JobSpec, JobState
@@ -95,3 +96,35 @@ def test_a_stage_not_in_the_manifest_is_not_restored(
     assert state.model is not None
     assert not hasattr(state.model.get_submodule(state.geoms[0].name), "parametrizations")
     assert state.metrics == {}
+
+
+def test_an_uploaded_program_restores_after_fine_tuning(
+    digits_weights: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """A .pt2 (graph module) comes back the same way: rebuilt from the program, the plan
+    re-applied to its weights, the trained parametrized state loaded."""
+    from slimline.models.program import export_program
+    from slimline.models.zoo import load_zoo_model
+
+    program = tmp_path / "digits.pt2"
+    export_program(
+        load_zoo_model("digits-cnn", {}, digits_weights), torch.randn(2, 1, 8, 8), program
+    )
+    spec = replace(
+        digits_spec(digits_weights, tmp_path / "ref.slim.safetensors", data_root),
+        model=str(program),
+        weights=None,
+    )
+    run_from(JobState(spec=spec), (), tmp_path / "ref")
+
+    directory = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "ref", directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["finished"] = ["inspect", "plan", "fine-tune"]
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    mine = replace(spec, out=tmp_path / "resumed.slim.safetensors")
+    state, done = load_state(mine, directory)
+    assert done == ("inspect", "plan", "fine-tune") and state.source.program == program
+    final = run_from(state, done, directory)
+    assert Path(mine.out).read_bytes() == Path(spec.out).read_bytes()
+    assert final.verify["equal"] is True

@@ -205,3 +205,30 @@ def test_a_job_on_an_upload_inspection_refused_fails_with_its_reason(
     assert (
         error is not None and error["code"] == "invalid_model" and "no layers" in error["message"]
     )
+
+
+def test_inspect_an_uploaded_program(
+    engine: Engine, settings: Settings, digits_weights: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from slimline.models.program import export_program
+    from slimline.models.zoo import load_zoo_model
+
+    zoo = load_zoo_model("digits-cnn", {}, digits_weights)
+    program = tmp_path / "digits.pt2"
+    export_program(zoo, torch.randn(2, 1, 8, 8), program)
+    with session_scope(engine) as s:
+        tenant = jobs.create_tenant(s, f"t-{uuid.uuid4().hex[:6]}")
+        up, _ = add_model(
+            s, tenant.id, sha256="c" * 64, kind="pt2", filename="digits.pt2",
+            bytes=program.stat().st_size, path=_store(settings, "d.pt2", program.read_bytes()),
+        )  # fmt: skip
+    assert inspect_upload(settings, engine, "model", up.id) == "ready"
+    with session_scope(engine) as s:
+        up = get_model(s, tenant.id, up.id)
+    assert up.layers is not None and [x["kind"] for x in up.layers] == [
+        "conv2d", "conv2d", "linear", "linear",
+    ]  # fmt: skip
+    assert up.dense_bytes is not None and up.smallest_bytes is not None
+    assert 0 < up.smallest_bytes < up.dense_bytes // 16
