@@ -98,7 +98,7 @@ def median_time(repeat: int, fn: Any) -> tuple[float, Any]:
 
 
 def run(layers: int, options: int, instances: int, repeat: int) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for seed in range(instances):
         b, d, sizes = instance(seed, layers, options)
         lo, hi = byte_range(b, d)
