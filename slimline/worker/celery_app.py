@@ -72,7 +72,6 @@ def create_app(settings: Settings) -> Celery:
         "task_track_started": False,
         "task_ignore_result": settings.result_backend is None,
         "broker_connection_retry_on_startup": True,
-        "worker_hijack_root_logger": False,
         "enable_utc": True,
         # The sweeper, for a deployment that runs beat (the embedded server calls it itself).
         "beat_schedule": {
