@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,12 +10,8 @@ import torch
 from torch import nn
 
 from slimline.errors import InvalidOption
-from slimline.models.datasets import load_dataset
-from slimline.models.zoo import build_model
-from slimline.pipeline.stages import dense_checkpoint_bytes
 from slimline.search.accounting import layer_bytes, layer_options, plan_bytes
 from slimline.search.compressed import apply_plan
-from slimline.search.export import other_stored_bytes
 from slimline.search.layers import find_layers
 from slimline.search.methods import SearchContext, get_method
 from slimline.search.methods.bitshare import BitShareSettings
@@ -31,7 +26,7 @@ from slimline.search.methods.bitshare_gates import (
 )
 from slimline.search.options import REMOVED, LayerOption, Plan
 from slimline.search.position_codes import position_stream_bytes
-from slimline.search.training import TrainConfig, train
+from tests.search.conftest import digits_context
 
 ONE, ZERO = torch.tensor(1.0), torch.tensor(0.0)
 
@@ -143,33 +138,12 @@ QUICK = {"search_steps": 60, "lambda_iters": 4}  # shorter than the defaults, sa
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    # Small convolutions on busy shared cores run ~10x slower with two threads fighting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits(one_thread: None) -> tuple[nn.Module, Any]:
-    torch.manual_seed(0)
-    data = load_dataset("digits")
-    model = build_model("digits-cnn")
-    train(model, data, TrainConfig(epochs=100, max_steps=300, lr=2e-3, batch_size=64))
-    return model, data
+def digits(dense_digits: tuple[nn.Module, Any]) -> tuple[nn.Module, Any]:
+    return dense_digits
 
 
 def _ctx(model: nn.Module, data: Any, ratio: int, **kw: Any) -> SearchContext:
-    geoms = find_layers(model)
-    return SearchContext(
-        model=model,
-        geoms=geoms,
-        data=data,
-        payload_budget=dense_checkpoint_bytes(model) // ratio - HEADER_SLACK,
-        other_bytes=other_stored_bytes(model, geoms),
-        **kw,
-    )
+    return digits_context(model, data, ratio, **kw)
 
 
 def _exact_layer_bytes(model: nn.Module, ctx: SearchContext, plan: Plan) -> int:

@@ -14,16 +14,12 @@ import pytest
 import torch
 
 from slimline.errors import InvalidOption
-from slimline.models.datasets import load_dataset
-from slimline.models.zoo import build_model
-from slimline.pipeline.stages import dense_checkpoint_bytes
 from slimline.search.accounting import plan_bytes
 from slimline.search.compressed import compressed_weights
-from slimline.search.export import other_stored_bytes
-from slimline.search.layers import find_layers
 from slimline.search.methods import SearchContext, get_method, method_names
 from slimline.search.position_codes import position_stream_bytes
-from slimline.search.training import TrainConfig, train
+from slimline.search.training import TrainConfig
+from tests.search.conftest import digits_context
 
 HEADER_SLACK = 1000
 RATIOS = (8, 16, 32)
@@ -35,23 +31,12 @@ QUICK = {
 
 
 @pytest.fixture(scope="module")
-def digits():  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    data = load_dataset("digits")
-    model = build_model("digits-cnn")
-    train(model, data, TrainConfig(epochs=1, max_steps=200, lr=3e-3, batch_size=64))
-    return model, data
+def digits(dense_digits):  # type: ignore[no-untyped-def]
+    return dense_digits
 
 
 def _ctx(model, data, ratio: int) -> SearchContext:  # type: ignore[no-untyped-def]
-    geoms = find_layers(model)
-    return SearchContext(
-        model=model,
-        geoms=geoms,
-        data=data,
-        payload_budget=dense_checkpoint_bytes(model) // ratio - HEADER_SLACK,
-        other_bytes=other_stored_bytes(model, geoms),
-    )
+    return digits_context(model, data, ratio)
 
 
 def _method(name: str):  # type: ignore[no-untyped-def]

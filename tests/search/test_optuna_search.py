@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,9 @@ import torch
 from torch import nn
 
 from slimline.errors import InfeasibleBudget, InvalidOption
-from slimline.models.datasets import load_dataset
-from slimline.models.zoo import build_model
-from slimline.pipeline.stages import dense_checkpoint_bytes, exact_positions
+from slimline.pipeline.stages import exact_positions
 from slimline.search.accounting import plan_bytes
-from slimline.search.export import other_stored_bytes
-from slimline.search.layers import LayerGeometry, find_layers
+from slimline.search.layers import LayerGeometry
 from slimline.search.methods import get_method, optuna_search
 from slimline.search.methods.base import SearchContext
 from slimline.search.methods.optuna_search import (
@@ -32,38 +28,18 @@ from slimline.search.methods.optuna_search import (
 )
 from slimline.search.options import LayerOption, Plan
 from slimline.search.scoring import LayerScores, Scores
-from slimline.search.training import TrainConfig, train
+from tests.search.conftest import digits_context
 
 QUICK = {"trials": 6, "proxy_steps": 10, "val_samples": 256}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Small convolutions on busy shared cores run ~10x slower with two threads fighting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def dense(one_thread: None) -> tuple[nn.Module, object]:
-    torch.manual_seed(0)
-    model = build_model("digits-cnn")
-    data = load_dataset("digits")
-    train(model, data, TrainConfig(epochs=100, max_steps=300, lr=3e-3, batch_size=64))
-    return model, data
+def dense(dense_digits: tuple[nn.Module, object]) -> tuple[nn.Module, object]:
+    return dense_digits
 
 
 def context(model: nn.Module, data: object, ratio: int) -> SearchContext:
-    geoms = find_layers(model)
-    return SearchContext(
-        model=model,
-        geoms=geoms,
-        data=data,  # type: ignore[arg-type]
-        payload_budget=dense_checkpoint_bytes(model) // ratio - 1000,
-        other_bytes=other_stored_bytes(model, geoms),
-    )
+    return digits_context(model, data, ratio)
 
 
 def exact_payload(model: nn.Module, ctx: SearchContext, plan: Plan) -> int:

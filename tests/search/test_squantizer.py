@@ -3,22 +3,16 @@ exactly the planned count of weights per layer while the masks move with the wei
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from slimline.errors import InfeasibleBudget, InvalidOption
-from slimline.models.datasets import load_dataset
-from slimline.models.zoo import build_model
-from slimline.pipeline.stages import dense_checkpoint_bytes, exact_positions
+from slimline.pipeline.stages import exact_positions
 from slimline.search.accounting import kept_count, layer_bytes, plan_bytes, unstructured_kept
 from slimline.search.compressed import CompressedWeight, compressed_weights
-from slimline.search.export import other_stored_bytes
-from slimline.search.layers import LayerGeometry, find_layers
+from slimline.search.layers import LayerGeometry
 from slimline.search.methods import get_method
 from slimline.search.methods.base import SearchContext
 from slimline.search.methods.squantizer import (
@@ -32,36 +26,17 @@ from slimline.search.methods.squantizer import (
 )
 from slimline.search.options import LayerOption
 from slimline.search.position_codes import position_stream_bytes
-from slimline.search.training import TrainConfig, evaluate, train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Small convolutions on busy shared cores run ~10x slower with two threads fighting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from slimline.search.training import TrainConfig, evaluate
+from tests.search.conftest import digits_context
 
 
 @pytest.fixture(scope="module")
-def dense(one_thread: None) -> tuple[nn.Module, object]:
-    torch.manual_seed(0)
-    model = build_model("digits-cnn")
-    data = load_dataset("digits")
-    train(model, data, TrainConfig(epochs=100, max_steps=300, lr=3e-3, batch_size=64))
-    return model, data
+def dense(dense_digits: tuple[nn.Module, object]) -> tuple[nn.Module, object]:
+    return dense_digits
 
 
 def context(model: nn.Module, data: object, ratio: int) -> SearchContext:
-    geoms = find_layers(model)
-    return SearchContext(
-        model=copy.deepcopy(model),
-        geoms=geoms,
-        data=data,  # type: ignore[arg-type]
-        payload_budget=dense_checkpoint_bytes(model) // ratio - 1000,
-        other_bytes=other_stored_bytes(model, geoms),
-    )
+    return digits_context(model, data, ratio, copy_model=True)
 
 
 def stats_of(ctx: SearchContext) -> list[MagnitudeStats]:
