@@ -117,6 +117,14 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from slimline.config import get_settings
+    from slimline.service.serve import serve
+
+    serve(get_settings(), host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--loglevel", default="INFO")
     w.add_argument("--hostname", default=None, help="worker name (default: celery's)")
     w.set_defaults(func=_worker)
+
+    sv = sub.add_parser(
+        "serve",
+        help="API + dashboard + one worker on this machine "
+        "(SQLite and a serverless broker unless configured)",
+    )
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.set_defaults(func=_serve)
     return p
 
 

@@ -112,7 +112,7 @@ class ConstrainedMethod(SearchMethod):
         restrict = efficient_options(self.last_scores) if self.last_scores is not None else None
 
         def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            penalty = sum(((weights[n] - v[n] + u[n]) ** 2).sum() for n in weights)
+            penalty = torch.stack([((weights[n] - v[n] + u[n]) ** 2).sum() for n in weights]).sum()
             return task_loss(ctx.data.task, logits, y) + 0.5 * rho * penalty
 
         def project(step: int) -> None:
