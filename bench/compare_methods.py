@@ -134,7 +134,10 @@ def main() -> None:
     stem.with_suffix(".md").write_text(
         f"# Methods side by side ({date})\n\n`python -m bench.compare_methods "
         f"--models {' '.join(args.models)} --ratios {' '.join(f'{r:g}' for r in args.ratios)} "
-        f"--epochs {args.epochs:g}`\n\n{table}\n"
+        f"--epochs {args.epochs:g}"
+        + (f" --max-steps {args.max_steps}" if args.max_steps else "")
+        + (f" --threads {args.threads}" if args.threads else "")
+        + f"`\n\n{table}\n"
     )
     print("\n" + table)
 
