@@ -6,13 +6,13 @@ torch/export/pt2_archive/_package.py, torch/_export/serde/serialize.py) shows th
 archive can execute code at load time in at least these ways:
 
 1. ``data/sample_inputs/<model>.pt`` goes through ``deserialize_torch_artifact``, which tries
-   ``torch.load(weights_only=True)`` and on *any* failure retries with ``weights_only=False``:
+   ``torch.load(weights_only=True)`` and on *any* failure retries unrestricted:
    a raw pickle there runs (demonstrated; see tests/models/test_program.py).
 2. Weights or constants whose payload config says ``use_pickle: true`` are read with
-   ``torch.load(weights_only=False)``; ``opaque_obj_*`` constants with ``pickle.loads``;
+   an unrestricted ``torch.load``; ``opaque_obj_*`` constants with a plain unpickler;
    ``custom_obj_*`` constants with the TorchScript unpickler.
 3. Legacy layouts (``data/weights/<model>.pt``, the pre-2.7 zip with ``serialized_*.pt``) and
-   the same fallback to ``weights_only=False``; ``data/aotinductor/`` holds compiled shared
+   the same fallback to an unrestricted load; ``data/aotinductor/`` holds compiled shared
    libraries that ``load_pt2`` dlopens.
 4. Every ``expr_str`` (symbolic shape) in the graph JSON is parsed with ``sympy.sympify``, which
    is ``eval``: ``"Symbol('s0') + f(__import__('os').system(...))"`` runs (demonstrated).
@@ -169,7 +169,7 @@ def check_pt2_archive(path: str) -> None:
     if sample in members:
         data = reader.read_bytes(sample)
         if data:
-            try:  # torch retries with weights_only=False only if this fails: make sure it can't
+            try:  # torch retries unrestricted only if this fails: make sure it can't
                 torch.load(io.BytesIO(data), weights_only=True)
             except Exception:
                 raise _refuse(
