@@ -90,7 +90,7 @@ def dequantize(p: LayerPayload) -> torch.Tensor:
         qmin, _ = code_range(opt.bits)
         q = (p.codes + qmin).to(torch.float32) + level_offset(opt)  # [kept]
         assert p.scales is not None
-        s_full = _expand_scales(p.scales.to(torch.float32), opt, rows, kp)  # [O, Kp]
+        s_full = expand_scales(p.scales.to(torch.float32), opt, rows, kp)  # [O, Kp]
         # scatter the levels first, then scale densely: bit-identical to scaling the kept
         # values, and ~3x faster than gathering scales through the boolean mask
         return (_scatter(q, p.mask, rows, kp) * s_full)[:, :k].reshape(p.shape).contiguous()
@@ -104,7 +104,7 @@ def _scatter(values: torch.Tensor, mask: torch.Tensor | None, rows: int, kp: int
     return torch.zeros(rows, kp, dtype=torch.float32).masked_scatter_(mask, values)
 
 
-def _expand_scales(s: torch.Tensor, opt: LayerOption, rows: int, kp: int) -> torch.Tensor:
+def expand_scales(s: torch.Tensor, opt: LayerOption, rows: int, kp: int) -> torch.Tensor:
     """[O|1, G|1] scales -> [O, Kp], one scale per weight position."""
     if opt.granularity == "group":
         s = s.repeat_interleave(opt.group_size, dim=1)[:, :kp]

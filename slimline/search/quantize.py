@@ -15,7 +15,7 @@ import math
 import torch
 
 from slimline.search.options import LayerOption
-from slimline.search.payload import _expand_scales, code_range, level_offset
+from slimline.search.payload import code_range, expand_scales, level_offset
 
 CLIP_RATIOS = torch.linspace(0.35, 1.0, 12)
 MIN_SCALE = 1e-6  # fp16 keeps this as a subnormal; smaller steps would flush to zero
@@ -93,7 +93,7 @@ def fake_quantize(w2d: torch.Tensor, scales: torch.Tensor, option: LayerOption) 
     rows, kp = w2d.shape
     per_scale = w2d.numel() / scales.numel()
     s = grad_scale(scales, 1.0 / math.sqrt(per_scale * qmax))
-    s_full = _expand_scales(s, option, rows, kp)
+    s_full = expand_scales(s, option, rows, kp)
     q = round_ste(torch.clamp(w2d / s_full - off, qmin, qmax))
     return (q + off) * s_full
 
@@ -105,7 +105,7 @@ def quantize_codes(
     qmin, qmax = code_range(option.bits)
     off = level_offset(option)
     rows, kp = w2d.shape
-    s_full = _expand_scales(scales.float(), option, rows, kp)
+    s_full = expand_scales(scales.float(), option, rows, kp)
     q = torch.clamp(torch.round(w2d.float() / s_full - off), qmin, qmax).to(torch.int64)
     kept = q.reshape(-1) if mask is None else q[mask]
     return kept - qmin
