@@ -1,4 +1,4 @@
-# make demo : install into .venv and compress a small model on the embedded default
+# make demo : install into .venv, start the embedded service, compress digits-cnn 16x through it
 # make test : install into .venv and run the whole test suite (what CI runs)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/slimline compress digits-cnn --data digits --budget 16x --out out/digits-cnn.slim.safetensors --report out/digits-cnn.report.json
+	$(PY) -m slimline.demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -125,6 +125,124 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ client commands
+def _client(args: argparse.Namespace) -> Any:
+    import os
+
+    from slimline.client import LOCAL_URL, Client
+
+    url = args.url or os.environ.get("SLIMLINE_URL") or LOCAL_URL
+    key = args.key or os.environ.get("SLIMLINE_KEY")
+    if key:
+        return Client(url, key)
+    return Client.local(url)
+
+
+def _progress_printer(bar: StageBar) -> Any:
+    def on_event(event: dict[str, Any]) -> None:
+        data = event.get("data") or {}
+        if event.get("kind") == "progress" and event.get("stage"):
+            if data.get("event") == "end" and "seconds" not in data:
+                return
+            bar(str(event["stage"]), data)
+
+    return on_event
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    spec = job.get("spec") or {}
+    stage = (
+        f"{job['stage']} {100 * float(job.get('progress') or 0):.0f}%" if job.get("stage") else "-"
+    )
+    data = job.get("data_name") or job.get("dataset_id") or "-"
+    return (
+        f"{job['id']}  {job['status']:<9}  {stage:<16}  {spec.get('method', '-'):<11}  "
+        f"{spec.get('budget', '-'):<8}  data {data}  {str(job.get('created_at', ''))[:19]}"
+    )
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    print(_job_line(job))
+    metrics = job.get("metrics") or {}
+    if job["status"] == "succeeded" and metrics:
+        metric, dense = (
+            f"{v:.4f}" if isinstance(v, float) else str(v)
+            for v in (metrics.get("metric"), metrics.get("dense_metric"))
+        )
+        size = metrics.get("file_bytes")
+        print(
+            f"  file {size} bytes (budget {metrics.get('budget_bytes')}), ratio "
+            f"{metrics.get('ratio') or 0:.1f}x, metric {metric} (dense {dense})"
+        )
+    if job.get("error"):
+        print(f"  error[{job['error'].get('code')}]: {job['error'].get('message')}")
+
+
+def _follow(client: Any, job_id: str) -> int:
+    job = client.wait(job_id, on_event=_progress_printer(StageBar()))
+    _print_job(job)
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from slimline.schemas import NAMED_DATASETS
+
+    config = _json_object(args.config, "config") or None
+    with _client(args) as client:
+        model_arg = args.model
+        if model_arg.endswith(".safetensors"):
+            if not args.zoo:
+                raise InvalidInput(
+                    "a .safetensors model is a zoo model's weights: name it with --zoo NAME",
+                    field="zoo",
+                )
+            model = client.upload_model(args.zoo, config=config, weights=model_arg)
+        else:
+            model = client.upload_model(model_arg, config=config)
+        data = args.data
+        if data not in NAMED_DATASETS and Path(data).suffix in (".npz", ".safetensors"):
+            data = client.upload_dataset(data)["id"]
+        job = client.submit(
+            model["id"], data, args.budget, method=args.method, epochs=args.epochs,
+            method_settings=_json_object(args.method_settings, "method-settings") or None,
+            seed=args.seed, idempotency_key=args.idempotency_key,
+        )  # fmt: skip
+        print(job["id"])
+        print(f"submitted: {_job_line(job)}", file=sys.stderr)
+        if args.wait:
+            return _follow(client, job["id"])
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.watch:
+            return _follow(client, args.job)
+        _print_job(client.job(args.job))
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for job in client.jobs(status=args.status):
+            print(_job_line(job))
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        path = client.download(args.job, args.output, kind=args.kind)
+    print(path)
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        out = client.resolve(args.job, args.budget)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -194,6 +312,50 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.set_defaults(func=_serve)
+
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument(
+        "--url", default=None, help="server (default: $SLIMLINE_URL or http://127.0.0.1:8000)"
+    )
+    conn.add_argument(
+        "--key", default=None, help="API key (default: $SLIMLINE_KEY or the local server's key)"
+    )
+    sb = sub.add_parser("submit", parents=[conn], help="submit a compression job to a server")
+    sb.add_argument(
+        "model", help="a zoo name (its dense weights trained on the worker), a .pt2, or a "
+        ".safetensors with --zoo NAME",
+    )  # fmt: skip
+    sb.add_argument("--data", required=True, help="a named dataset or a .npz/.safetensors file")
+    sb.add_argument("--budget", required=True, help="bytes (60KB) or a ratio (16x)")
+    sb.add_argument("--method", default=None, help="search method (server default: constrained)")
+    sb.add_argument("--method-settings", default=None, help="the method's settings as JSON")
+    sb.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs")
+    sb.add_argument("--zoo", default=None, help="zoo name of a .safetensors model")
+    sb.add_argument("--config", default=None, help="zoo model config as JSON")
+    sb.add_argument("--seed", type=int, default=0)
+    sb.add_argument("--idempotency-key", default=None)
+    sb.add_argument("--wait", action="store_true", help="follow the job until it finishes")
+    sb.set_defaults(func=_submit)
+
+    st = sub.add_parser("status", parents=[conn], help="a job's status")
+    st.add_argument("job", help="job id")
+    st.add_argument("--watch", action="store_true", help="follow it with a progress bar per stage")
+    st.set_defaults(func=_status)
+
+    js = sub.add_parser("jobs", parents=[conn], help="list jobs, newest first")
+    js.add_argument("--status", default=None, help="queued, running, succeeded, failed, cancelled")
+    js.set_defaults(func=_jobs)
+
+    dl = sub.add_parser("download", parents=[conn], help="download a finished job's checkpoint")
+    dl.add_argument("job", help="job id")
+    dl.add_argument("-o", "--output", required=True, help="where to write it")
+    dl.add_argument("--kind", default="checkpoint", help="checkpoint (default) or report")
+    dl.set_defaults(func=_download)
+
+    rs = sub.add_parser("resolve", parents=[conn], help="re-solve a job's scores for a budget")
+    rs.add_argument("job", help="job id")
+    rs.add_argument("--budget", required=True, help="bytes or a ratio")
+    rs.set_defaults(func=_resolve)
     return p
 
 
