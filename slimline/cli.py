@@ -15,7 +15,8 @@ from slimline.errors import InvalidInput, SlimlineError
 class StageBar:
     """A one-line progress bar per stage on stderr (plain lines when not a terminal)."""
 
-    def __init__(self, stream: Any = sys.stderr, quiet: bool = False) -> None:
+    def __init__(self, stream: Any = None, quiet: bool = False) -> None:
+        stream = sys.stderr if stream is None else stream  # read now: tests swap sys.stderr
         self.stream, self.quiet = stream, quiet
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.last_line = 0.0

@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress reaches a log file as it happens
+    signal.signal(
+        signal.SIGINT, signal.default_int_handler
+    )  # Ctrl-C, even if started with it ignored
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"

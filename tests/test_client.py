@@ -116,6 +116,18 @@ def test_zoo_model_without_weights_end_to_end(
     out = tmp_path / "cli.slim.safetensors"
     assert cli_main(["download", job["id"], "-o", str(out), *conn]) == 0
     assert out.read_bytes() == path.read_bytes()
+    assert capsys.readouterr().out.strip() == str(out)
+    submit = ["submit", "digits-cnn", "--data", "digits", "--budget", "32x", "--method", "uniform"]
+    assert cli_main([*submit, "--epochs", "1", "--wait", *conn]) == 0
+    submitted = capsys.readouterr()
+    second = submitted.out.splitlines()[0]
+    assert submitted.err.startswith(f"submitted: {second}")
+    assert "[fine-tune] done" in submitted.err  # the stage bars, on stderr
+    assert submitted.out.splitlines()[1].startswith(f"{second}  succeeded")
+    assert cli_main(["status", second, "--watch", *conn]) == 0
+    assert "succeeded" in capsys.readouterr().out
+    assert cli_main(["resolve", second, "--budget", "8x", *conn]) == 2  # uniform stores no scores
+    assert "error[conflict]" in capsys.readouterr().err
 
 
 def test_errors_carry_the_server_code(
