@@ -149,3 +149,23 @@ def test_errors_carry_the_server_code(
         assert "error[" in capsys.readouterr().err
         with pytest.raises(slimline.errors.InvalidData):
             c.submit(model["id"], "nope", "16x")
+
+
+def test_zoo_uploads_without_weights_are_checked(server: tuple[str, str]) -> None:
+    base, key = server
+    with Client(base, key) as c:
+        with pytest.raises(slimline.errors.InvalidModel) as bad_name:
+            c.upload_model("not a name!")
+        assert bad_name.value.field == "name"
+        r = c.http.post("/v1/models", files=[("name", (None, "lenet5")), ("config", (None, "[1]"))])
+        assert r.status_code == 422 and r.json()["field"] == "config"
+        wide = c.upload_model("lenet5", config={"width": 2})
+        assert wide["id"] != c.upload_model("lenet5")["id"]  # the config is part of the address
+        unknown = c.upload_model("no-such-model")
+        deadline = time.monotonic() + 60
+        while (rec := c.model(unknown["id"]))["status"] == "pending":
+            assert time.monotonic() < deadline, "inspection did not settle"
+            time.sleep(0.2)  # the worker inspects it; bounded by the deadline
+        assert rec["status"] == "invalid" and rec["error"]["code"] == "invalid_model", rec
+        with pytest.raises(slimline.errors.InvalidModel):
+            c.submit(unknown["id"], "digits", "16x")
