@@ -30,7 +30,7 @@ MODEL_FIELDS = ("file", "name", "config")
 DATASET_EXTENSIONS = (".npz", ".safetensors")
 
 
-async def _inspect(enqueuer: Enqueuer, what: str, upload_id: str, status: str) -> None:
+async def inspect_upload(enqueuer: Enqueuer, what: str, upload_id: str, status: str) -> None:
     if status != "pending":
         return
     try:
@@ -42,13 +42,13 @@ async def _inspect(enqueuer: Enqueuer, what: str, upload_id: str, status: str) -
         ) from exc
 
 
-def _store_file(store: ArtifactStore, tenant: Tenant, what: str, f: ReceivedFile, ext: str) -> str:
+def store_file(store: ArtifactStore, tenant: Tenant, what: str, f: ReceivedFile, ext: str) -> str:
     rel = f"tenants/{tenant.id}/{what}/{f.sha256}{ext}"
     store.commit(f.path, rel)
     return rel
 
 
-def _check_model(form_fields: dict[str, str], f: ReceivedFile) -> tuple[str, str | None, Any]:
+def check_model(form_fields: dict[str, str], f: ReceivedFile) -> tuple[str, str | None, Any]:
     """(kind, zoo name, config) after the cheap checks; raises ``InvalidModel``."""
     unknown = sorted(set(form_fields) - set(MODEL_FIELDS))
     if unknown:
@@ -87,34 +87,6 @@ def _check_model(form_fields: dict[str, str], f: ReceivedFile) -> tuple[str, str
     return "zoo", name, config
 
 
-async def upload_model(
-    request: Request, settings: Settings, engine: Engine, enqueuer: Enqueuer, tenant: Tenant
-) -> tuple[uploads.ModelRecord, bool]:
-    store = ArtifactStore(settings.artifact_dir)
-    form = await receive_multipart(request, store, settings.max_upload_bytes, {"file"})
-    try:
-        f = form.files.get("file")
-        if f is None:
-            raise InvalidModel("no file: send the model as the form field 'file'", field="file")
-        kind, zoo_name, config = await run_in_threadpool(_check_model, form.fields, f)
-        rel = await run_in_threadpool(
-            _store_file, store, tenant, "models", f, file_checks.extension(f.filename)
-        )
-    finally:
-        form.discard()
-
-    def record() -> tuple[uploads.ModelRecord, bool]:
-        with session_scope(engine) as s:
-            return uploads.add_model(
-                s, tenant.id, sha256=f.sha256, kind=kind, filename=f.filename, path=rel,
-                bytes=f.size, zoo_name=zoo_name, config=config,
-            )  # fmt: skip
-
-    rec, created = await run_in_threadpool(record)
-    await _inspect(enqueuer, "model", rec.id, rec.status)
-    return rec, created
-
-
 def _check_dataset(form_fields: dict[str, str], f: ReceivedFile) -> str:
     if form_fields:
         raise InvalidInput(
@@ -143,7 +115,7 @@ async def upload_dataset(
         if f is None:
             raise InvalidData("no file: send the dataset as the form field 'file'", field="file")
         ext = await run_in_threadpool(_check_dataset, form.fields, f)
-        rel = await run_in_threadpool(_store_file, store, tenant, "datasets", f, ext)
+        rel = await run_in_threadpool(store_file, store, tenant, "datasets", f, ext)
     finally:
         form.discard()
 
@@ -154,5 +126,5 @@ async def upload_dataset(
             )
 
     rec, created = await run_in_threadpool(record)
-    await _inspect(enqueuer, "dataset", rec.id, rec.status)
+    await inspect_upload(enqueuer, "dataset", rec.id, rec.status)
     return rec, created

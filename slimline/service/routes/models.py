@@ -97,11 +97,9 @@ async def _record_form(
             zoo_name=name, config=config,
         )  # fmt: skip
     else:
-        kind, zoo_name, config = await run_in_threadpool(
-            upload_service._check_model, form.fields, f
-        )
+        kind, zoo_name, config = await run_in_threadpool(upload_service.check_model, form.fields, f)
         ext = file_checks.extension(f.filename)
-        rel = await run_in_threadpool(upload_service._store_file, store, tenant, "models", f, ext)
+        rel = await run_in_threadpool(upload_service.store_file, store, tenant, "models", f, ext)
         values = dict(
             sha256=f.sha256, kind=kind, filename=f.filename, path=rel, bytes=f.size,
             zoo_name=zoo_name, config=config,
@@ -135,7 +133,7 @@ async def upload_model(
         rec, created = await _record_form(form, store, engine, tenant)
     finally:
         form.discard()
-    await upload_service._inspect(enqueuer, "model", rec.id, rec.status)
+    await upload_service.inspect_upload(enqueuer, "model", rec.id, rec.status)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/models/{rec.id}"
     return ModelOut.model_validate(rec)
