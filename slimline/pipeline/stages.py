@@ -45,7 +45,6 @@ from slimline.search.layers import LayerGeometry, find_layers
 from slimline.search.masks import option_mask
 from slimline.search.methods import SearchContext, get_method
 from slimline.search.options import REMOVED, Plan
-from slimline.search.position_codes import position_stream_bytes
 from slimline.search.training import TrainConfig, evaluate, pick_device
 
 StageProgress = Callable[[str, dict[str, Any]], None]
@@ -224,15 +223,23 @@ def plan(state: JobState, progress: StageProgress) -> None:
 
 def exact_positions(model: nn.Module, geoms: list[LayerGeometry], p: Plan) -> dict[str, int]:
     """Exact position-stream bytes of unstructured layers, from the masks they will get."""
-    out = {}
-    for g in geoms:
-        opt = p[g.name]
-        if opt.sparsity == "unstructured":
-            w = model.get_submodule(g.name).weight.detach()
-            mask = option_mask(opt, w.reshape(g.rows, g.row_len))
-            assert mask is not None
-            out[g.name] = position_stream_bytes(g.numel, int(mask.sum()), mask.reshape(-1))
-    return out
+    masks = {
+        g.name: option_mask(p[g.name], model.get_submodule(g.name).weight.detach()
+                            .reshape(g.rows, g.row_len))
+        for g in geoms if p[g.name].sparsity == "unstructured"
+    }  # fmt: skip
+    return position_lengths_of(masks, geoms, p)
+
+
+def position_lengths_of(
+    masks: dict[str, torch.Tensor | None], geoms: list[LayerGeometry], p: Plan
+) -> dict[str, int]:
+    """{layer: position-stream bytes} for the unstructured layers of ``p`` with these masks."""
+    return {
+        g.name: layer_bytes(p[g.name], g, mask=masks[g.name]).index
+        for g in geoms
+        if p[g.name].sparsity == "unstructured"
+    }
 
 
 def finetune_config(state: JobState) -> TrainConfig:
@@ -261,14 +268,8 @@ def finetune(state: JobState, progress: StageProgress) -> None:
         else:
             state.search_report[key] = value
     state.model.cpu()
-    cws = compressed_weights(state.model)
-    state.positions = {
-        g.name: position_stream_bytes(
-            g.numel, int(cws[g.name].mask.sum()), cws[g.name].mask.reshape(-1)
-        )
-        for g in state.geoms
-        if state.plan[g.name].sparsity == "unstructured"
-    }
+    masks = {name: cw.mask for name, cw in compressed_weights(state.model).items()}
+    state.positions = position_lengths_of(masks, state.geoms, state.plan)
     state.planned = plan_bytes(
         state.plan, state.geoms, state.other_bytes, 0, position_bytes=state.positions
     )

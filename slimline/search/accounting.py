@@ -19,6 +19,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import torch
+
 from slimline.errors import InvalidOption
 from slimline.search.layers import LayerGeometry
 from slimline.search.options import (
@@ -80,14 +82,18 @@ def kept_count(option: LayerOption, rows: int, row_len: int) -> int:
 
 
 def layer_bytes(
-    option: LayerOption, geom: LayerGeometry, *, position_bytes: int | None = None
+    option: LayerOption,
+    geom: LayerGeometry,
+    *,
+    position_bytes: int | None = None,
+    mask: torch.Tensor | None = None,
 ) -> LayerBytes:
     """Exact bytes of ``option`` on ``geom``.
 
     For unstructured options the position stream's length depends on which weights are kept:
-    pass ``position_bytes`` (from `position_codes.position_stream_bytes(n, k, mask)`) for the
-    exact figure; without it the data-independent upper bound is used, so a plan costed
-    before masks exist never under-counts.
+    pass the layer's ``mask`` ([O, K] bool) or its already computed ``position_bytes`` for the
+    exact figure; with neither, the data-independent upper bound is used, so a plan costed
+    before masks exist never under-counts. Other options ignore both.
     """
     rows, k = geom.rows, geom.row_len
     bias = 2 * rows if (geom.has_bias or geom.norm is not None) else 0
@@ -102,7 +108,8 @@ def layer_bytes(
         if position_bytes is None:
             from slimline.search.position_codes import position_stream_bytes
 
-            position_bytes = position_stream_bytes(rows * k, kept)
+            flat = None if mask is None else mask.reshape(-1)
+            position_bytes = position_stream_bytes(rows * k, kept, flat)
         index = position_bytes
     else:
         index = 0

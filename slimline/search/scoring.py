@@ -36,7 +36,6 @@ from slimline.search.estimators import (
 )
 from slimline.search.layers import LayerGeometry
 from slimline.search.options import DENSITIES, FP16, NM_PATTERNS, REMOVED, LayerOption, Plan
-from slimline.search.position_codes import position_stream_bytes
 from slimline.search.training import Progress, TrainData
 
 DENSE_BITS = (2, 3, 4, 5, 6, 8)
@@ -271,10 +270,5 @@ def _score_option(
     with torch.no_grad():
         cw = CompressedWeight(opt, w).to(w.device)
         w_hat = cw(w)
-    position_bytes = None
-    if opt.sparsity == "unstructured":
-        assert cw.mask is not None
-        kept = int(cw.mask.sum())
-        position_bytes = position_stream_bytes(geom.numel, kept, cw.mask.reshape(-1))
-    nbytes = layer_bytes(opt, geom, position_bytes=position_bytes).total
+    nbytes = layer_bytes(opt, geom, mask=cw.mask).total
     return nbytes, est.damage(geom, w, w_hat)

@@ -51,7 +51,6 @@ from slimline.search.methods.bitshare_gates import (
     search_gates,
 )
 from slimline.search.options import LayerOption, Plan
-from slimline.search.position_codes import position_stream_bytes
 from slimline.search.training import Progress
 
 if TYPE_CHECKING:
@@ -127,12 +126,10 @@ class ExactBytes:
     def __call__(self, geom: LayerGeometry, option: LayerOption) -> int:
         key = (geom.name, option)
         if key not in self._cache:
-            pos = None
+            mask = None
             if option.sparsity == "unstructured":
                 mask = option_mask(option, self.weights[geom.name])
-                assert mask is not None
-                pos = position_stream_bytes(geom.numel, int(mask.sum()), mask.reshape(-1))
-            self._cache[key] = layer_bytes(option, geom, position_bytes=pos).total
+            self._cache[key] = layer_bytes(option, geom, mask=mask).total
         return self._cache[key]
 
 

@@ -56,7 +56,6 @@ from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
 from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
-from slimline.search.position_codes import position_stream_bytes
 from slimline.search.scoring import Scores, score_model
 from slimline.search.training import TrainConfig, TrainData, evaluate, train
 
@@ -125,12 +124,10 @@ class Choices:
 
 def exact_option_bytes(option: LayerOption, geom: LayerGeometry, weight: torch.Tensor) -> int:
     """Exact bytes of ``option`` on a layer whose mask is picked from ``weight`` by magnitude."""
-    pos = None
+    mask = None
     if option.sparsity == "unstructured":
         mask = option_mask(option, weight.detach().reshape(geom.rows, geom.row_len))
-        assert mask is not None
-        pos = position_stream_bytes(geom.numel, int(mask.sum()), mask.reshape(-1))
-    return layer_bytes(option, geom, position_bytes=pos).total
+    return layer_bytes(option, geom, mask=mask).total
 
 
 def pareto_indices(costs: np.ndarray, damage: np.ndarray) -> list[int]:

@@ -36,7 +36,6 @@ from slimline.search.compressed import CompressedWeight, apply_plan
 from slimline.search.layers import LayerGeometry
 from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
 from slimline.search.options import BITS, REMOVED, LayerOption, Plan
-from slimline.search.position_codes import position_stream_bytes
 from slimline.search.training import TrainConfig, batches, set_training_mode, task_loss
 
 BISECTION_STEPS = 100  # far more than needed: the plan stops changing long before
@@ -178,11 +177,7 @@ def exact_layer_bytes(
     """Layer bytes of ``plan`` with the position streams of the masks the layers carry now."""
     total = 0
     for g in geoms:
-        opt, pos = plan[g.name], None
-        if opt.sparsity == "unstructured":
-            mask = cws[g.name].mask
-            pos = position_stream_bytes(g.numel, int(mask.sum()), mask.reshape(-1))
-        total += layer_bytes(opt, g, position_bytes=pos).total
+        total += layer_bytes(plan[g.name], g, mask=cws[g.name].mask).total
     return total
 
 

@@ -13,7 +13,6 @@ from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import BITS, DENSITIES, NM_PATTERNS, LayerOption, Plan
-from slimline.search.position_codes import position_stream_bytes
 
 
 def uniform_candidates() -> list[LayerOption]:
@@ -60,9 +59,6 @@ class UniformMethod(SearchMethod):
         """Exact bytes of an unstructured uniform option, from the masks it would pick."""
         total = 0
         for g in ctx.geoms:
-            w = ctx.model.get_submodule(g.name).weight.detach()
-            mask = option_mask(opt, w.reshape(g.rows, g.row_len))
-            assert mask is not None
-            pos = position_stream_bytes(g.numel, int(mask.sum()), mask.reshape(-1))
-            total += layer_bytes(opt, g, position_bytes=pos).total
+            w = ctx.model.get_submodule(g.name).weight.detach().reshape(g.rows, g.row_len)
+            total += layer_bytes(opt, g, mask=option_mask(opt, w)).total
         return total
