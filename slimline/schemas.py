@@ -57,6 +57,12 @@ class JobSpecIn(_In):
     epochs: float | None = Field(
         default=None, gt=0, le=10_000, description="fine-tuning epochs; default: the model's"
     )
+    finetune: dict[str, Any] = Field(
+        default_factory=dict,
+        description="SLOPE fine-tuning settings (distill, temperature, cosine, mask_warmup, "
+        "refresh_every, recalibrate_batches, checkpoint_steps, eval_samples; also epochs, "
+        "max_steps); defaults: slimline's",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     time_limit_s: float | None = Field(
         default=None, gt=0, description="wall-clock limit; default: the server's"
@@ -70,6 +76,20 @@ class JobSpecIn(_In):
             if isinstance(v, float) and (not math.isfinite(v) or v != int(v)):
                 return str(v)
             return str(int(v))
+        return v
+
+    @field_validator("finetune")
+    @classmethod
+    def _finetune_known(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from slimline.errors import InvalidOption
+        from slimline.search.settings import FinetuneSettings
+
+        try:
+            FinetuneSettings.from_dict(
+                {k: x for k, x in v.items() if k not in ("epochs", "max_steps")}, field="finetune"
+            )
+        except (InvalidOption, TypeError) as exc:
+            raise ValueError(str(exc)) from exc
         return v
 
     @field_validator("method")

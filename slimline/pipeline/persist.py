@@ -65,6 +65,7 @@ def spec_fingerprint(spec: JobSpec) -> str:
         "config": spec.config,
         "max_steps": spec.max_steps,
         "method_settings": spec.method_settings,
+        "finetune": spec.finetune,
     }
     blob = json.dumps(keys, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

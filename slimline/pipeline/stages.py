@@ -70,6 +70,7 @@ class JobSpec:
     cache_dir: Path | None = None
     max_steps: int | None = None  # cap on fine-tuning steps (quick runs)
     method_settings: dict[str, Any] = field(default_factory=dict)  # the method's own knobs
+    finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneSettings (SLOPE) knobs
 
 
 @dataclass
@@ -100,6 +101,9 @@ class JobState:
     timings: dict[str, float] = field(default_factory=dict)
     # Polled between training steps (the worker's cancellation and time limit); None: never.
     should_stop: Callable[[], bool] | None = None
+    # Where fine-tuning writes its checkpoints and resumes from (the worker sets it); None:
+    # no checkpoints (the CLI).
+    checkpoint_dir: Path | None = None
 
     @property
     def source(self) -> ModelSource:

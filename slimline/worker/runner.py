@@ -118,6 +118,7 @@ def build_spec(
         device="auto",
         max_steps=None if max_steps is None else int(max_steps),
         method_settings=dict(spec.get("method_settings") or spec.get("settings") or {}),
+        finetune={k: v for k, v in finetune.items() if k not in ("epochs", "max_steps")},
         **kwargs,
     )
 
@@ -251,6 +252,7 @@ def _run_claimed(
         return heartbeat.cancelled.is_set() or heartbeat.lost.is_set() or timed_out.is_set()
 
     state.should_stop = should_stop
+    state.checkpoint_dir = directory / "finetune-checkpoints"
     for name in STAGES:
         if name in done:
             continue

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +31,7 @@ from slimline.search.accounting import layer_bytes
 from slimline.search.compressed import apply_plan
 from slimline.search.layers import LayerGeometry
 from slimline.search.options import REMOVED, Plan
+from slimline.search.settings import FinetuneSettings, MethodSettings
 from slimline.search.training import Progress, TrainConfig, TrainData, train
 
 
@@ -44,32 +46,16 @@ class SearchContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     should_stop: Callable[[], bool] | None = None  # polled between steps (cancel, time limit)
+    # Fine-tuning: SLOPE settings, the dense teacher for distillation (None: no distillation),
+    # and where the trainer keeps its checkpoints and resumes from (None: no checkpoints).
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    teacher: nn.Module | None = None
+    checkpoint_dir: Path | None = None
 
     @property
     def layer_budget(self) -> int:
         """Bytes the compressible layers may take."""
         return self.payload_budget - self.other_bytes
-
-
-@dataclass(frozen=True)
-class MethodSettings:
-    """Base of every method's settings: a frozen dataclass that round-trips through dicts."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> MethodSettings:
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidOption(
-                f"unknown setting(s) {unknown} for {cls.__name__}; accepted: {sorted(known)}",
-                field="settings",
-                value=unknown,
-            )
-        return cls(**data)
 
 
 class SearchMethod(ABC):

@@ -43,7 +43,7 @@ from slimline.errors import InfeasibleBudget, InvalidOption
 from slimline.search.accounting import layer_bytes
 from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
-from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
+from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.methods.bitshare_gates import (
     GatedConfig,
     GateSearch,
@@ -51,6 +51,7 @@ from slimline.search.methods.bitshare_gates import (
     search_gates,
 )
 from slimline.search.options import LayerOption, Plan
+from slimline.search.settings import MethodSettings
 from slimline.search.training import Progress
 
 if TYPE_CHECKING:

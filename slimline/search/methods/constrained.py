@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from slimline.search.compressed import CompressedWeight
-from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
+from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
 from slimline.search.scoring import Scores, score_model
+from slimline.search.settings import MethodSettings
 from slimline.search.training import TrainConfig, set_training_mode, task_loss, train
 
 

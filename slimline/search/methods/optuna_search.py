@@ -54,9 +54,10 @@ from slimline.search.accounting import layer_bytes
 from slimline.search.compressed import apply_plan
 from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
-from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
+from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
 from slimline.search.scoring import Scores, score_model
+from slimline.search.settings import MethodSettings
 from slimline.search.training import TrainConfig, TrainData, evaluate, train
 
 SAMPLERS = ("tpe", "nsga2")

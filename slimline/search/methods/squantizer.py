@@ -34,8 +34,9 @@ from slimline.errors import InfeasibleBudget, InvalidOption, SlimlineError
 from slimline.search.accounting import layer_bytes, unstructured_kept
 from slimline.search.compressed import CompressedWeight, apply_plan
 from slimline.search.layers import LayerGeometry
-from slimline.search.methods.base import MethodSettings, SearchContext, SearchMethod, register
+from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import BITS, REMOVED, LayerOption, Plan
+from slimline.search.settings import MethodSettings
 from slimline.search.training import TrainConfig, batches, set_training_mode, task_loss
 
 BISECTION_STEPS = 100  # far more than needed: the plan stops changing long before

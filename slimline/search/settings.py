@@ -1,0 +1,93 @@
+"""Frozen settings objects that round-trip through dicts, and the fine-tuning settings.
+
+Torch-free on purpose: the API validates a job's ``finetune`` settings with these classes
+before the job is queued, and the API process never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from slimline.errors import InvalidOption
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Base of every settings object: a frozen dataclass that round-trips through dicts."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, *, field: str = "settings") -> Any:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidOption(
+                f"unknown setting(s) {unknown} for {cls.__name__}; accepted: {sorted(known)}",
+                field=field,
+                value=unknown,
+            )
+        obj = cls(**data)
+        obj.validate(field)
+        return obj
+
+    def validate(self, field: str) -> None:
+        """Raise ``InvalidOption`` naming the first out-of-range setting (default: none)."""
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(MethodSettings):
+    """SLOPE fine-tuning (DESIGN.md "SLOPE fine-tuning"); the defaults are slimline's.
+
+    Plain quantization-aware training is ``FinetuneSettings.plain()``: no distillation, no
+    regularizer, masks fixed from the start, no norm re-calibration.
+    """
+
+    # Weight of the distillation term: loss = (1 - distill) * task + distill * T^2 * KL(teacher
+    # || student) at temperature T. The teacher is the dense model the job started from.
+    distill: float = 0.5
+    temperature: float = 2.0
+    # lambda of the cosine regularizer: lambda * mean over output-channel rows of every
+    # compressed layer of (1 - cos(w_i, w_hat_i)), w the trainable dense row, w_hat its
+    # masked and quantized image.
+    cosine: float = 1.0
+    # Share of the steps during which masks are re-picked by magnitude (every
+    # ``refresh_every`` steps); then they are frozen. 0: masks fixed from the start.
+    mask_warmup: float = 0.25
+    refresh_every: int = 25
+    # Mini-batches used to re-estimate normalization statistics after the masks freeze and
+    # at the end of training (eager BatchNorm layers); 0: no re-calibration.
+    recalibrate_batches: int = 20
+    # Steps between checkpoints; 0: once an epoch, or four times a run when an epoch is longer
+    # than the run.
+    checkpoint_steps: int = 0
+    # Validation samples evaluated at every checkpoint for the progress metric; 0: none.
+    eval_samples: int = 2000
+
+    @classmethod
+    def plain(cls) -> FinetuneSettings:
+        return cls(distill=0.0, cosine=0.0, mask_warmup=0.0, recalibrate_batches=0)
+
+    def validate(self, field: str) -> None:
+        checks = (
+            ("distill", 0.0 <= self.distill <= 1.0, "between 0 and 1"),
+            ("temperature", self.temperature > 0, "above 0"),
+            ("cosine", self.cosine >= 0, "0 or more"),
+            ("mask_warmup", 0.0 <= self.mask_warmup < 1.0, "in [0, 1)"),
+            ("refresh_every", self.refresh_every >= 1, "1 or more"),
+            ("recalibrate_batches", self.recalibrate_batches >= 0, "0 or more"),
+            ("checkpoint_steps", self.checkpoint_steps >= 0, "0 or more"),
+            ("eval_samples", self.eval_samples >= 0, "0 or more"),
+        )
+        for name, ok, accepted in checks:
+            if not ok:
+                value = getattr(self, name)
+                raise InvalidOption(
+                    f"{field}.{name} = {value!r} is out of range; accepted: {accepted}",
+                    field=f"{field}.{name}",
+                    value=value,
+                )
