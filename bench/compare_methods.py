@@ -2,7 +2,8 @@
 
 Every method starts from the same cached dense weights and gets the same fine-tuning steps;
 the table shows accuracy, retention, the measured file size and where the time went (search vs
-fine-tuning). This is the issue-3 comparison; the full suite (bench.suite) comes with SLOPE.
+fine-tuning). This is the issue-3 comparison, run in one process; the full suite (every task,
+budget and SLOPE, a child process per cell) is bench.suite, whose cell function this uses.
 
     python -m bench.compare_methods [--models lenet5 lenet300] [--ratios 16 32 64]
         [--methods uniform constrained bitshare squantizer optuna] [--epochs 1]
@@ -15,15 +16,11 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
-import time
 from pathlib import Path
 from typing import Any
 
-from slimline.budget import Budget
-from slimline.errors import SlimlineError
-from slimline.pipeline.report import build_report
-from slimline.pipeline.stages import JobSpec, run_job
+from bench import suite
+from slimline.pipeline.sources import default_cache_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -33,43 +30,29 @@ METHODS = ["uniform", "constrained", "bitshare", "squantizer", "optuna"]
 def run_cell(
     model: str, method: str, ratio: float, args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
-    spec = JobSpec(
-        model=model,
-        data="mnist",
-        budget=Budget(ratio=ratio),
-        method=method,
-        epochs=args.epochs,
-        seed=0,
-        data_root=str(args.data_root),
-        out=out,
-        cache_dir=args.cache_dir,
-        max_steps=args.max_steps,
+    """One cell in this process, through the suite's cell function (plain QAT for every
+    method, as bench.suite runs the baselines)."""
+    from slimline.search.settings import FinetuneSettings
+
+    row = suite.run_cell(
+        suite.Cell(
+            task=model,
+            method=method,
+            ratio=ratio,
+            search_method=method,
+            finetune=FinetuneSettings.plain().to_dict(),
+            train=True,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            data_root=str(args.data_root),
+            cache_dir=str(args.cache_dir or default_cache_dir()),
+            out=str(out),
+        )
     )
-    t0 = time.perf_counter()
-    try:
-        report = build_report(run_job(spec))
-    except SlimlineError as exc:
-        return {"model": model, "method": method, "ratio_target": ratio, "error": exc.message}
-    t = report["timings"]
-    return {
-        "model": model,
-        "method": method,
-        "ratio_target": ratio,
-        "metric": report["metric"],
-        "dense_metric": report["dense_metric"],
-        "retention": report["retention"],
-        "file_bytes": report["file_bytes"],
-        "budget_bytes": report["budget_bytes"],
-        "planned_bytes": report["planned_bytes"],
-        "within_budget": report["within_budget"],
-        "reload_equal": report["verify"]["equal"],
-        "ratio": report["ratio"],
-        "search_seconds": t["plan"],
-        "finetune_seconds": t["fine-tune"],
-        "total_seconds": time.perf_counter() - t0,
-        "plan": {layer["name"]: layer["option"] for layer in report["layers"]},
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    row["model"] = model
+    if row["status"] != "ok":
+        return {"model": model, "method": method, "ratio_target": ratio, "error": row["error"]}
+    return row
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
