@@ -31,7 +31,7 @@ that cannot reach its budget is recorded ``infeasible``, one that crashes is rec
 with its message. Outputs, written after every cell:
 
     bench/results/<date>-<task>.json / .md / .png     (suite; plot: metric vs file bytes)
-    bench/results/<date>-<task>-quick.json / .md / .png   (--quick)
+    bench/results/.work/quick/<date>-<task>-quick.json / .md / .png   (--quick; gitignored)
     bench/results/<date>-ablation.json / .md          (--ablation)
 """
 
@@ -452,7 +452,8 @@ def render_markdown(doc: dict[str, Any], title: str) -> str:
     parts += [
         f"- fine-tuning for every method: {meta['finetune_budget']}; seed {meta['seed']}; "
         f"{meta['threads'] or 'default'} torch thread(s); {meta['machine']}, "
-        f"{meta['cpus']} CPUs",
+        f"{meta['cpus']} CPUs"
+        + (f"; wall time {meta['wall_seconds']:.0f} s" if meta.get("wall_seconds") else ""),
         "",
     ]
     order = meta["methods"]
@@ -532,7 +533,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", type=Path, default=DATA_ROOT)
     p.add_argument("--cache-dir", type=Path, help="dense cache ($SLIMLINE_CACHE_DIR or .work)")
     p.add_argument("--dense-steps", type=int, help="shorter dense training (code-path checks)")
-    p.add_argument("--results", type=Path, default=RESULTS, help="output folder")
+    p.add_argument(
+        "--results", type=Path, help="output folder (bench/results; --quick: .work/quick)"
+    )
     p.add_argument("--cell-timeout", type=float, default=3600.0, help="seconds per cell")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -551,6 +554,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         p.error(f"unknown method(s) {bad}; accepted: {', '.join(known)}")
     args.tasks = args.tasks or list(TASKS)
+    if args.results is None:  # quick checks stay out of the committed results
+        args.results = WORK / "quick" if args.quick else RESULTS
     if args.cache_dir is None:
         env = os.environ.get("SLIMLINE_CACHE_DIR")
         args.cache_dir = Path(env) if env else WORK / "cache"
@@ -611,13 +616,13 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None = None) -> list[P
     args.results.mkdir(parents=True, exist_ok=True)
     known = ablation_methods() if args.ablation else METHODS
     methods = [known[m] for m in args.methods]
-    t_start = time.perf_counter()
     written: list[Path] = []
     # The ablation is one document over its tasks; the suite writes one per task.
     groups = [("ablation", args.tasks)] if args.ablation else [(t, [t]) for t in args.tasks]
     for group, tasks in groups:
         # --quick files are named apart, so a quick check never mixes with a full run's file.
         name = group + ("-quick" if args.quick else "")
+        t_group = time.perf_counter()
         stem = args.results / f"{args.date}-{name}"
         meta = {
             "date": args.date,
@@ -659,6 +664,7 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None = None) -> list[P
                     )
                 doc["cells"] = [c for c in old["cells"] if c.get("status") in ("ok", "infeasible")]
                 meta["dense"] = old["meta"].get("dense", {})
+                meta["wall_seconds"] = old["meta"].get("wall_seconds", 0.0)
                 meta["command"] = old["meta"].get("command", meta["command"])
         for task in tasks:
             budgets = args.budgets or TASKS[task].budgets
@@ -680,6 +686,18 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None = None) -> list[P
                 write_doc(doc, stem, _title(args))
             if dense.get("status") != "ok":
                 print(f"[{task}] dense model failed: {dense.get('error')}", flush=True)
+                for cell in make_cells(task, budgets, methods, args, None):
+                    doc["cells"].append(
+                        {
+                            "task": task,
+                            "method": cell.method,
+                            "search_method": cell.search_method,
+                            "ratio_target": cell.ratio,
+                            "status": "error",
+                            "error": f"dense model failed: {dense.get('error')}",
+                        }
+                    )
+                write_doc(doc, stem, _title(args))
                 continue
             print(
                 f"[{task}] dense {100 * dense['metric']:.2f}% (hash {dense['hash']}, "
@@ -702,7 +720,7 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None = None) -> list[P
                 write_doc(doc, stem, _title(args))
                 print(markdown([row], language=lang).splitlines()[-1], flush=True)
         meta["wall_seconds"] = round(
-            (meta.get("wall_seconds") or 0.0) + time.perf_counter() - t_start, 1
+            (meta.get("wall_seconds") or 0.0) + time.perf_counter() - t_group, 1
         )
         write_doc(doc, stem, _title(args))
         written += [stem.with_suffix(".json"), stem.with_suffix(".md")]
