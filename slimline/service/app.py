@@ -16,7 +16,17 @@ from slimline.config import Settings, get_settings
 from slimline.db.session import make_engine
 from slimline.enqueue import CeleryEnqueuer, Enqueuer
 from slimline.service.errors import install_error_handler
-from slimline.service.routes import artifacts, dashboard, datasets, health, jobs, models
+from slimline.service.routes import (
+    artifacts,
+    dashboard,
+    datasets,
+    health,
+    job_report,
+    jobs,
+    models,
+    session,
+)
+from slimline.service.signin import SigninTokens
 from slimline.service.store import ArtifactStore
 
 
@@ -45,6 +55,8 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         lifespan=lifespan,
     )
     install_error_handler(app)
-    for module in (health, models, datasets, jobs, artifacts, dashboard):
+    app.state.signin_tokens = SigninTokens()  # `slimline serve` issues its sign-in link here
+    for module in (health, models, datasets, jobs, job_report, artifacts, session, dashboard):
         app.include_router(module.router)
+    app.mount("/static", dashboard.static_files(), name="static")
     return app

@@ -1,5 +1,6 @@
 """Dependencies as ``Annotated`` aliases: settings, engine and enqueuer come from the app's
-state (made in the lifespan, never at import); the tenant comes from the bearer key."""
+state (made in the lifespan, never at import); the tenant comes from the bearer key, or from
+the dashboard's session cookie (``service.signin``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from slimline.config import Settings
 from slimline.db.session import session_scope
 from slimline.enqueue import Enqueuer
 from slimline.service.errors import Unauthorized
+from slimline.service.signin import COOKIE, CSRF_HEADER
 
 
 def get_settings(request: Request) -> Settings:
@@ -36,8 +38,28 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
 
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def _cookie_key(request: Request) -> str | None:
+    """The key of the dashboard's session cookie; a change sent with only the cookie must
+    carry ``X-Requested-With`` (no cross-site form or script can add it)."""
+    key = request.cookies.get(COOKIE)
+    if not key:
+        return None
+    if request.method not in _SAFE_METHODS and not request.headers.get(CSRF_HEADER):
+        raise Unauthorized(
+            f"a request signed in by the session cookie that changes something must send the "
+            f"header '{CSRF_HEADER}' (the dashboard does)",
+            field="authorization",
+        )
+    return key
+
+
 def _bearer_key(request: Request) -> str:
     header = request.headers.get("authorization")
+    if not header and (key := _cookie_key(request)):
+        return key
     if not header:
         raise Unauthorized(
             "missing API key: send the header 'Authorization: Bearer <key>' "
@@ -52,14 +74,16 @@ def _bearer_key(request: Request) -> str:
     return key.strip()
 
 
-async def get_tenant(request: Request, engine: EngineDep) -> jobs.Tenant:
-    key = _bearer_key(request)
-
+async def tenant_for_key(engine: Engine, key: str) -> jobs.Tenant | None:
     def lookup() -> jobs.Tenant | None:
         with session_scope(engine) as s:
             return jobs.authenticate(s, key)
 
-    tenant = await run_in_threadpool(lookup)
+    return await run_in_threadpool(lookup)
+
+
+async def get_tenant(request: Request, engine: EngineDep) -> jobs.Tenant:
+    tenant = await tenant_for_key(engine, _bearer_key(request))
     if tenant is None:
         raise Unauthorized("API key is not valid (unknown or revoked)", field="authorization")
     return tenant

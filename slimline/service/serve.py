@@ -59,7 +59,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
     from slimline.worker.sweeper import SweepTimer
 
     upgrade(settings.database_url)
-    ensure_local_key(settings)
+    key = ensure_local_key(settings)
     worker = EmbeddedWorker(settings).start()
     engine = make_engine(settings.database_url)
     enqueuer = CeleryEnqueuer(settings)
@@ -70,11 +70,14 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
         interval_s=max(5.0, settings.heartbeat_s / 2),
     )
     timer.start()
+    app = create_app(settings, enqueuer=enqueuer)
+    signin = app.state.signin_tokens.issue(key)  # one-time; in the fragment, so in no log
     print(f"slimline: serving on http://{host}:{port}/  (API docs: /docs)", flush=True)
+    print(f"slimline: dashboard http://{host}:{port}/signin#token={signin}", flush=True)
     print(f"slimline: local API key in {local_key_path(settings)}", flush=True)
     print(f"slimline: worker log in {worker.log_path}", flush=True)
     try:
-        uvicorn.run(create_app(settings, enqueuer=enqueuer), host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         timer.stop()
         worker.stop()
