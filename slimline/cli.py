@@ -60,6 +60,13 @@ def _json_object(text: str | None, flag: str) -> dict[str, Any]:
     return value
 
 
+FINETUNE_HELP = (
+    "SLOPE fine-tuning settings as JSON, e.g. '{\"distill\": 0.3}'; "
+    "'{\"distill\": 0, \"cosine\": 0, \"mask_warmup\": 0, \"recalibrate_batches\": 0}' "
+    "is plain QAT (all settings: slimline/search/settings.py)"
+)
+
+
 def _compress(args: argparse.Namespace) -> int:
     from slimline.budget import parse_budget
     from slimline.pipeline.report import build_report, render_report
@@ -81,6 +88,7 @@ def _compress(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         method_settings=_json_object(args.method_settings, "method-settings"),
         max_steps=args.max_steps,
+        finetune=_json_object(args.finetune, "finetune"),
     )
     state = run_job(spec, StageBar(quiet=args.json))
     report = build_report(state)
@@ -206,6 +214,7 @@ def _submit(args: argparse.Namespace) -> int:
         job = client.submit(
             model["id"], data, args.budget, method=args.method, epochs=args.epochs,
             method_settings=_json_object(args.method_settings, "method-settings") or None,
+            finetune=_json_object(args.finetune, "finetune") or None,
             seed=args.seed, idempotency_key=args.idempotency_key,
         )  # fmt: skip
         print(job["id"])
@@ -273,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the method's settings as JSON, e.g. '{\"rho\": 0.01}'",
     )
     c.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs")
+    c.add_argument("--finetune", default=None, help=FINETUNE_HELP)
     c.add_argument("--max-steps", type=int, default=None, help="cap on fine-tuning steps")
     c.add_argument(
         "--weights",
@@ -331,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--method", default=None, help="search method (server default: constrained)")
     sb.add_argument("--method-settings", default=None, help="the method's settings as JSON")
     sb.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs")
+    sb.add_argument("--finetune", default=None, help=FINETUNE_HELP)
     sb.add_argument("--zoo", default=None, help="zoo name of a .safetensors model")
     sb.add_argument("--config", default=None, help="zoo model config as JSON")
     sb.add_argument("--seed", type=int, default=0)

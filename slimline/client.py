@@ -175,6 +175,7 @@ class Client:
         method_settings: dict[str, Any] | None = None,
         seed: int = 0,
         idempotency_key: str | None = None,
+        finetune: dict[str, Any] | None = None,
     ) -> JSON:
         body: JSON = {"model": model_id, "data": data, "budget": str(budget), "seed": seed}
         if method is not None:
@@ -183,6 +184,8 @@ class Client:
             body["epochs"] = epochs
         if method_settings:
             body["method_settings"] = method_settings
+        if finetune:
+            body["finetune"] = finetune
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return dict(self._json("POST", "/v1/jobs", json=body, headers=headers))
 

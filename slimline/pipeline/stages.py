@@ -45,6 +45,7 @@ from slimline.search.layers import LayerGeometry, find_layers
 from slimline.search.masks import option_mask
 from slimline.search.methods import SearchContext, get_method
 from slimline.search.options import REMOVED, Plan
+from slimline.search.settings import FinetuneSettings
 from slimline.search.training import TrainConfig, evaluate, pick_device
 
 StageProgress = Callable[[str, dict[str, Any]], None]
@@ -154,6 +155,7 @@ def inspect(state: JobState, progress: StageProgress) -> None:
     from slimline.pipeline.sources import resolve_model
 
     spec = state.spec
+    FinetuneSettings.from_dict(spec.finetune, field="finetune")  # refuse bad knobs up front
     state.src = resolve_model(spec.model, config=spec.config or None, weights=spec.weights)
     torch.manual_seed(spec.seed)
     model = build_skeleton(state.src)
@@ -207,6 +209,9 @@ def search_context(state: JobState, stage: str, progress: StageProgress) -> Sear
         device=state.device,
         seed=state.spec.seed,
         should_stop=state.should_stop,
+        finetune=FinetuneSettings.from_dict(state.spec.finetune, field="finetune"),
+        teacher=state.dense_model if stage == "fine-tune" else None,
+        checkpoint_dir=state.checkpoint_dir if stage == "fine-tune" else None,
     )
 
 

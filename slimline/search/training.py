@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimline.search.layers import is_graph_module
+from slimline.search.train_checkpoint import load_checkpoint, save_checkpoint
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -69,16 +71,67 @@ def task_loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def batches(
-    data: TrainData, batch_size: int, seed: int
+    data: TrainData, batch_size: int, seed: int, start: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled mini-batches of the training split, reproducible from ``seed``."""
+    """Endless shuffled mini-batches of the training split, reproducible from ``seed``.
+
+    ``start`` skips that many batches: the stream from ``start`` is exactly the tail of the
+    stream from 0 (a resumed run sees the batches an uninterrupted one would have seen).
+    """
     gen = torch.Generator().manual_seed(seed)
     n = len(data.x_train)
+    offsets = range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size)
+    skip = start
     while True:
         order = torch.randperm(n, generator=gen)
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+        if skip >= len(offsets):  # a whole epoch to skip: its permutation is drawn, unused
+            skip -= len(offsets)
+            continue
+        for i in offsets[skip:]:
             idx = order[i : i + batch_size]
             yield data.x_train[idx], data.y_train[idx]
+        skip = 0
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return max(1, n_train // batch_size) if n_train >= batch_size else 1
+
+
+def checkpoint_interval(every: int, per_epoch: int, total: int) -> int:
+    """Steps between checkpoints: ``every``, or once an epoch (four times a run when an epoch
+    is longer than the run)."""
+    if every > 0:
+        return every
+    return max(1, min(per_epoch, -(-total // 4)))
+
+
+@dataclass
+class Checkpointing:
+    """Where a run keeps its checkpoint and how often; what else it must hold.
+
+    ``extra_state()`` returns a method's own state (tensors, numbers, strings, nested) to be
+    saved with the run; ``load_extra(state)`` puts it back on resume. ``on_checkpoint(step)``
+    may return figures (a validation metric) that go into that step's progress event.
+    """
+
+    directory: Path
+    every: int = 0  # steps; 0: see `checkpoint_interval`
+    extra_state: Callable[[], dict[str, Any]] | None = None
+    load_extra: Callable[[dict[str, Any]], None] | None = None
+    on_checkpoint: Callable[[int], dict[str, Any]] | None = None
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    out: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def train(
@@ -91,12 +144,16 @@ def train(
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> list[float]:
     """Adam + cosine schedule for ``cfg.steps`` steps; returns the loss of every step.
 
     ``loss_fn(logits, y, x)`` replaces the task loss when given (distillation, regularizers).
     ``should_stop`` is polled between steps (cancellation, time limits); ``on_step(step)`` runs
-    after every optimizer step (re-projection, mask refresh).
+    after every optimizer step (re-projection, mask refresh). With ``checkpoint``, the run
+    saves its whole state every ``checkpoint.every`` steps and at its end, and a run started
+    where a checkpoint exists continues from it: the same seed gives the same weights as a
+    run that was never interrupted (on the CPU, where kernels are deterministic).
     """
     device = torch.device(device)
     model.to(device)
@@ -104,14 +161,53 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.steps(len(data.x_train))
+    per_epoch = steps_per_epoch(len(data.x_train), cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=total, eta_min=cfg.lr * cfg.lr_min_ratio
     )
     losses: list[float] = []
+    start = 0
+    saved = load_checkpoint(checkpoint.directory) if checkpoint else None
+    if checkpoint is not None and saved is not None:
+        if saved.get("total") != total:
+            raise ValueError(
+                f"checkpoint in {checkpoint.directory} is for a {saved.get('total')}-step run, "
+                f"not {total}"
+            )
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"], device)
+        start, losses = int(saved["step"]), [float(v) for v in saved["losses"]]
+        if checkpoint.load_extra is not None:
+            checkpoint.load_extra(saved.get("extra") or {})
+        if progress:
+            progress({"event": "resumed", "step": start, "total": total})
+    every = checkpoint_interval(checkpoint.every, per_epoch, total) if checkpoint else 0
+
+    def save(step: int) -> dict[str, Any]:
+        assert checkpoint is not None
+        state = {
+            "step": step,
+            "total": total,
+            "losses": losses,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": _rng_state(device),
+            "extra": checkpoint.extra_state() if checkpoint.extra_state else {},
+        }
+        save_checkpoint(checkpoint.directory, state)
+        figures = checkpoint.on_checkpoint(step) if checkpoint.on_checkpoint else {}
+        set_training_mode(model, True)
+        return figures
+
     report_every = max(1, total // 50)
-    for step, (x, y) in enumerate(batches(data, cfg.batch_size, cfg.seed)):
-        if step >= total or (should_stop is not None and should_stop()):
+    stream = batches(data, cfg.batch_size, cfg.seed, start=start)
+    for step in range(start, total):
+        if should_stop is not None and should_stop():
             break
+        x, y = next(stream)
         x, y = x.to(device), y.to(device)
         logits = model(x)
         loss = loss_fn(logits, y, x) if loss_fn else task_loss(data.task, logits, y)
@@ -122,8 +218,19 @@ def train(
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1)
-        if progress and (step % report_every == 0 or step == total - 1):
-            progress({"step": step + 1, "total": total, "loss": losses[-1]})
+        event: dict[str, Any] = {}
+        if checkpoint is not None and ((step + 1) % every == 0 or step + 1 == total):
+            event = {"checkpoint": True, **save(step + 1)}
+        if progress and (event or step % report_every == 0 or step == total - 1):
+            progress(
+                {
+                    "step": step + 1,
+                    "total": total,
+                    "epoch": round((step + 1) / per_epoch, 3),
+                    "loss": losses[-1],
+                    **event,
+                }
+            )
     set_training_mode(model, False)
     return losses
 

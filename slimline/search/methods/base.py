@@ -28,11 +28,10 @@ from torch import nn
 
 from slimline.errors import InvalidOption
 from slimline.search.accounting import layer_bytes
-from slimline.search.compressed import apply_plan
 from slimline.search.layers import LayerGeometry
 from slimline.search.options import REMOVED, Plan
 from slimline.search.settings import FinetuneSettings, MethodSettings
-from slimline.search.training import Progress, TrainConfig, TrainData, train
+from slimline.search.training import Progress, TrainConfig, TrainData
 
 
 @dataclass
@@ -77,18 +76,33 @@ class SearchMethod(ABC):
         return sum(layer_bytes(REMOVED, g).total for g in geoms)
 
     def finetune(self, ctx: SearchContext, plan: Plan, cfg: TrainConfig) -> Plan:
-        """Train ``ctx.model`` compressed by ``plan``; returns the final plan (see module doc)."""
-        apply_plan(ctx.model, plan, ctx.geoms)
-        if cfg.epochs > 0:
-            train(
-                ctx.model,
-                ctx.data,
-                cfg,
-                device=ctx.device,
-                progress=ctx.progress,
-                should_stop=ctx.should_stop,
-            )
+        """Train ``ctx.model`` compressed by ``plan``; returns the final plan (see module doc).
+        Default: SLOPE fine-tuning (`search.slope`) with ``ctx.finetune``, the plan fixed."""
+        self.slope(ctx, plan, cfg, ctx.checkpoint_dir)
         return plan
+
+    def slope(
+        self, ctx: SearchContext, plan: Plan, cfg: TrainConfig, checkpoint_dir: Path | None
+    ) -> None:
+        """Apply ``plan`` to ``ctx.model`` and run SLOPE fine-tuning on it (no steps when
+        ``cfg.epochs`` is 0: the plan is applied and the model left as compressed)."""
+        from slimline.search.slope import SlopeRun
+
+        run = SlopeRun(
+            ctx.model,
+            ctx.geoms,
+            plan,
+            ctx.data,
+            cfg,
+            ctx.finetune,
+            teacher=ctx.teacher,
+            device=ctx.device,
+        )
+        if cfg.epochs > 0:
+            run.run(
+                progress=ctx.progress, should_stop=ctx.should_stop, checkpoint_dir=checkpoint_dir
+            )
+            self.report["mask_refreshes"] = run.refreshes
 
 
 _REGISTRY: dict[str, type[SearchMethod]] = {}

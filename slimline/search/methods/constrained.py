@@ -12,14 +12,18 @@ What we do differently, and why:
     over *file bytes* (every stream counted), not the greedy hull over weight bits;
   - the distortion of an option is loss-aware (Fisher-weighted squared error of the combined
     mask-then-quantize weight), not the plain quantization error;
-  - after the freeze the compressed structure is trained with learned quantizer steps
-    (quantization-aware training), rather than with masks and codebooks fixed.
+  - after the freeze the compressed structure is trained with learned quantizer steps by the
+    fine-tuning settings (SLOPE by default: distillation and the cosine regularizer; plain
+    quantization-aware training with ``FinetuneSettings.plain()``), rather than with masks
+    and codebooks fixed.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +35,14 @@ from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
 from slimline.search.scoring import Scores, score_model
 from slimline.search.settings import MethodSettings
-from slimline.search.training import TrainConfig, set_training_mode, task_loss, train
+from slimline.search.train_checkpoint import load_checkpoint, save_checkpoint
+from slimline.search.training import (
+    Checkpointing,
+    TrainConfig,
+    set_training_mode,
+    task_loss,
+    train,
+)
 
 
 @dataclass(frozen=True)
@@ -90,17 +101,42 @@ class ConstrainedMethod(SearchMethod):
 
     # --------------------------------------------------------------- fine-tune
     def finetune(self, ctx: SearchContext, plan: Plan, cfg: TrainConfig) -> Plan:
-        """ADMM with periodic exact re-projection, then QAT with the last plan frozen."""
+        """ADMM with periodic exact re-projection, then SLOPE fine-tuning with the last plan
+        frozen. With ``ctx.checkpoint_dir`` both phases checkpoint and resume: the ADMM phase
+        in ``admm/``, its outcome (final plan and weights) in ``admm-done/``, SLOPE in
+        ``slope/``."""
         s = self.settings
         total = cfg.steps(len(ctx.data.x_train))
-        admm_steps = int(total * s.admm_fraction) if s.projections > 0 else 0
+        admm_steps = int(total * s.admm_fraction) if s.projections > 0 and cfg.epochs > 0 else 0
+        ckpt = ctx.checkpoint_dir
         if admm_steps > 0:
-            plan = self._admm(ctx, plan, replace(cfg, max_steps=admm_steps))
+            done = load_checkpoint(ckpt / "admm-done") if ckpt else None
+            if done is not None:
+                plan = Plan.from_dict(json.loads(done["plan"]))
+                ctx.model.load_state_dict(done["model"])
+                self.report.update(json.loads(done["report"]))
+            else:
+                admm_dir = ckpt / "admm" if ckpt else None
+                plan = self._admm(ctx, plan, replace(cfg, max_steps=admm_steps), admm_dir)
+                if ckpt is not None and not _stopped(ctx):
+                    save_checkpoint(
+                        ckpt / "admm-done",
+                        {
+                            "plan": plan.to_json(),
+                            "model": ctx.model.state_dict(),
+                            "report": json.dumps(self.report, default=str),
+                        },
+                    )
         rest = total - admm_steps
-        qat_cfg = replace(cfg, max_steps=rest, seed=cfg.seed + 1)
-        return super().finetune(ctx, plan, qat_cfg if rest > 0 else replace(cfg, epochs=0))
+        slope_cfg = replace(cfg, max_steps=rest, seed=cfg.seed + 1)
+        if rest <= 0 or _stopped(ctx):
+            slope_cfg = replace(cfg, epochs=0)
+        self.slope(ctx, plan, slope_cfg, ckpt / "slope" if ckpt else None)
+        return plan
 
-    def _admm(self, ctx: SearchContext, plan: Plan, cfg: TrainConfig) -> Plan:
+    def _admm(
+        self, ctx: SearchContext, plan: Plan, cfg: TrainConfig, checkpoint_dir: Path | None
+    ) -> Plan:
         model, geoms, rho = ctx.model.to(ctx.device), ctx.geoms, self.settings.rho
         weights = {g.name: model.get_submodule(g.name).weight for g in geoms}
         v = {n: _compress(plan[n], w) for n, w in weights.items()}  # projection of W
@@ -135,6 +171,27 @@ class ConstrainedMethod(SearchMethod):
                 {"step": step, "plan": state["plan"].to_strs()}
             )
 
+        def extra_state() -> dict[str, Any]:
+            return {
+                "u": dict(u),
+                "v": dict(v),
+                "plan": state["plan"].to_json(),
+                "report": json.dumps(self.report, default=str),
+            }
+
+        def load_extra(saved: dict[str, Any]) -> None:
+            u.update(saved["u"])
+            v.update({n: t.to(ctx.device) for n, t in saved["v"].items()})
+            for n in u:
+                u[n] = u[n].to(ctx.device)
+            state["plan"] = Plan.from_json(saved["plan"])
+            self.report.update(json.loads(saved["report"]))
+
+        ckpt = None
+        if checkpoint_dir is not None:
+            ckpt = Checkpointing(
+                checkpoint_dir, ctx.finetune.checkpoint_steps, extra_state, load_extra
+            )
         train(
             model,
             ctx.data,
@@ -144,10 +201,15 @@ class ConstrainedMethod(SearchMethod):
             loss_fn=loss_fn,
             should_stop=ctx.should_stop,
             on_step=project,
+            checkpoint=ckpt,
         )
         # the final structure: re-score and re-solve at the trained W, so the masks the QAT
         # phase starts from are exactly the ones the allocation counted
         return self._solve(ctx, self._score(ctx, model, restrict))
+
+
+def _stopped(ctx: SearchContext) -> bool:
+    return ctx.should_stop is not None and ctx.should_stop()
 
 
 def efficient_options(scores: Scores) -> dict[str, list[LayerOption]]:
