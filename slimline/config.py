@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     # Job creations per tenant per minute before the API answers 429.
     rate_limit_jobs_per_minute: int = Field(default=60, gt=0)
+    # A worker's writes to the job's records (claim, heartbeat, progress, fail, finish) that
+    # find the database unavailable are tried this many times in all before the worker gives
+    # up on that write, waiting between tries ``worker_write_backoff_s``, doubling each time,
+    # at most ``worker_write_max_wait_s``. The defaults ride out an outage of about 30 s.
+    worker_write_attempts: int = Field(default=10, ge=1)
+    worker_write_backoff_s: float = Field(default=0.25, ge=0)
+    worker_write_max_wait_s: float = Field(default=5.0, ge=0)
+    # How often a sweep timer (the embedded server's, or one started with
+    # ``worker.sweeper.SweepTimer.from_settings``) runs the sweeper, seconds; None = derived
+    # from ``heartbeat_s`` (``max(5, heartbeat_s / 2)``).
+    sweep_interval_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="before")
     @classmethod

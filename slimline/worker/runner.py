@@ -8,6 +8,10 @@ can die, be duplicated or be cancelled needs:
 - **Resume.** Each stage's output is saved (``pipeline.persist``) before the stage counts as
   finished, in ``artifact_dir/jobs/<id>/stages``; a redelivered job restores the state of the
   last finished stage and runs only the rest. An attempt that cannot restore starts over.
+- **Writes are retried** while the database is unavailable (``heartbeat.WriteRetry``, bounded
+  by ``settings.worker_write_*``): the claim, heartbeats, progress, cancel, fail and finish.
+  A retried conditional write that meets a ``Conflict`` first checks whether its own earlier
+  try committed before the connection dropped (the job is then in the state it asked for).
 - **Heartbeat** (``worker.heartbeat``). A daemon thread calls ``jobs.heartbeat`` every
   ``settings.heartbeat_s``; it learns of cancellation there. ``Conflict`` means another
   worker took the job (this one was presumed dead): the runner stops and writes nothing more.
@@ -52,7 +56,7 @@ from slimline.db.artifacts import add_artifact, save_scores
 from slimline.db.session import make_engine, session_scope
 from slimline.db.uploads import DatasetRecord, ModelRecord, load_dataset_record, load_model_record
 from slimline.errors import Conflict, InvalidData, InvalidModel, SlimlineError, Unavailable
-from slimline.worker.heartbeat import Heartbeat, JobLost, ProgressWriter
+from slimline.worker.heartbeat import Heartbeat, JobLost, ProgressWriter, WriteRetry
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +161,31 @@ def run_job(
             return run_job(settings, job_id, worker_name, engine=own, requeue=requeue)
         finally:
             own.dispose()
-    with session_scope(engine) as s:
-        job = jobs.claim_job(s, job_id, worker_name, stale_after_s=settings.stale_after_s)
-        if job is None:
-            log.info("job %s: not claimable (duplicate message, or held/finished)", job_id)
-            return "skipped"
-        model = load_model_record(s, job.model_id)
-        dataset = load_dataset_record(s, job.dataset_id) if job.dataset_id else None
-    heartbeat = Heartbeat(engine, job_id, worker_name, settings.heartbeat_s)
+    retry = WriteRetry.from_settings(settings)
+
+    def claim(retried: bool) -> tuple[jobs.Job, ModelRecord, DatasetRecord | None] | None:
+        with session_scope(engine) as s:
+            job = jobs.claim_job(s, job_id, worker_name, stale_after_s=settings.stale_after_s)
+            if job is None and retried:
+                # An earlier try may have committed the claim before the connection dropped.
+                now = jobs.load_job(s, job_id)
+                if now.status == "running" and now.worker == worker_name:
+                    job = now
+            if job is None:
+                return None
+            model = load_model_record(s, job.model_id)
+            dataset = load_dataset_record(s, job.dataset_id) if job.dataset_id else None
+        return job, model, dataset
+
+    claimed = retry.call(f"claim of job {job_id}", claim)
+    if claimed is None:
+        log.info("job %s: not claimable (duplicate message, or held/finished)", job_id)
+        return "skipped"
+    job, model, dataset = claimed
+    heartbeat = Heartbeat(engine, job_id, worker_name, settings.heartbeat_s, retry)
     heartbeat.start()
     try:
-        return _run_claimed(settings, engine, job, model, dataset, worker_name, heartbeat)
+        return _run_claimed(settings, engine, job, model, dataset, worker_name, heartbeat, retry)
     except JobLost:
         log.warning("job %s: taken over by another worker; stopping", job_id)
         return "lost"
@@ -186,10 +204,18 @@ def run_job(
             log.exception("job %s failed (retryable)", job_id)
         else:
             log.info("job %s failed: %s", job_id, error["message"])
-        try:
+
+        def fail(retried: bool) -> jobs.Job | None:
             with session_scope(engine) as s:
-                after = jobs.fail_job(s, job_id, worker_name, error)
-        except Conflict:
+                try:
+                    return jobs.fail_job(s, job_id, worker_name, error)
+                except Conflict:
+                    now = jobs.load_job(s, job_id)
+                    mine = retried and now.worker in (worker_name, None) and now.error == error
+                    return now if mine and now.status in ("queued", "failed") else None
+
+        after = retry.call(f"failure of job {job_id}", fail)
+        if after is None:
             return "lost"
         if after.status == "queued" and requeue is not None:
             requeue(job_id)
@@ -224,6 +250,7 @@ def _run_claimed(
     dataset: DatasetRecord | None,
     worker: str,
     heartbeat: Heartbeat,
+    retry: WriteRetry,
 ) -> str:
     from slimline.pipeline.persist import load_state, save_stage
     from slimline.pipeline.stages import STAGE_FUNCTIONS, STAGES, JobState
@@ -232,7 +259,7 @@ def _run_claimed(
     spec = build_spec(settings, job, model, dataset)
     directory = job_dir(settings, job.id)
     stages_dir = directory / "stages"
-    progress = ProgressWriter(engine, job.id, worker)
+    progress = ProgressWriter(engine, job.id, worker, retry=retry)
     try:
         state, done = load_state(spec, stages_dir)
     except SlimlineError:
@@ -253,16 +280,20 @@ def _run_claimed(
 
     state.should_stop = should_stop
     state.checkpoint_dir = directory / "finetune-checkpoints"
+
+    def check_stop(stage: str) -> str | None:
+        return _check_stop(engine, job.id, worker, heartbeat, stage, progress, retry)
+
     for name in STAGES:
         if name in done:
             continue
-        if (outcome := _check_stop(engine, job.id, worker, heartbeat, name, progress)) is not None:
+        if (outcome := check_stop(name)) is not None:
             return outcome
         progress.write(name, 0.0, {"event": "start"})
         t0 = time.perf_counter()
         STAGE_FUNCTIONS[name](state, progress)
         state.timings[name] = time.perf_counter() - t0
-        if (outcome := _check_stop(engine, job.id, worker, heartbeat, name, progress)) is not None:
+        if (outcome := check_stop(name)) is not None:
             return outcome
         if name == "fine-tune" and timed_out.is_set():
             progress.write(
@@ -270,7 +301,7 @@ def _run_claimed(
             )
         save_stage(state, name, stages_dir)
         progress.write(name, 1.0, {"event": "end", "seconds": state.timings[name]})
-    return _finish(settings, engine, job, state, worker, timed_out.is_set())
+    return _finish(settings, engine, job, state, worker, timed_out.is_set(), retry)
 
 
 def _check_stop(
@@ -280,6 +311,7 @@ def _check_stop(
     heartbeat: Heartbeat,
     stage: str,
     progress: ProgressWriter,
+    retry: WriteRetry,
 ) -> str | None:
     """Between stages: a fresh heartbeat; a cancelled job is marked so, a lost one let go."""
     heartbeat.beat()
@@ -289,17 +321,29 @@ def _check_stop(
         return None
     event = {"event": "cancel", "stopped_at_step": progress.last_step}
     progress.write(stage, progress.fraction, event)
-    try:
+
+    def cancel(retried: bool) -> None:
         with session_scope(engine) as s:
-            jobs.mark_cancelled(s, job_id, worker)
-    except Conflict as exc:
-        raise JobLost(str(exc)) from exc
+            try:
+                jobs.mark_cancelled(s, job_id, worker)
+            except Conflict as exc:
+                now = jobs.load_job(s, job_id)
+                if not (retried and now.status == "cancelled" and now.worker == worker):
+                    raise JobLost(str(exc)) from exc
+
+    retry.call(f"cancellation of job {job_id}", cancel)
     log.info("job %s: cancelled during %s", job_id, stage)
     return "cancelled"
 
 
 def _finish(
-    settings: Settings, engine: Engine, job: jobs.Job, state: Any, worker: str, timed_out: bool
+    settings: Settings,
+    engine: Engine,
+    job: jobs.Job,
+    state: Any,
+    worker: str,
+    timed_out: bool,
+    retry: WriteRetry | None = None,
 ) -> str:
     from slimline.pipeline.report import build_report
 
@@ -324,21 +368,27 @@ def _finish(
     metrics["verified"] = bool(state.verify.get("equal"))
     metrics["eval"] = report.get("eval")
     scores = getattr(state, "scores", None)
-    with session_scope(engine) as s:
-        for kind, path in (("checkpoint", checkpoint), ("report", report_path)):
-            add_artifact(
-                s,
-                job.tenant_id,
-                kind=kind,
-                path=path.relative_to(artifacts).as_posix(),
-                bytes=path.stat().st_size,
-                sha256=_sha256(path),
-                job_id=job.id,
-            )
-        if scores is not None:
-            save_scores(s, job.id, scores)
-        try:
-            jobs.finish_job(s, job.id, worker, metrics, state.plan.to_dict())
-        except Conflict as exc:
-            raise JobLost(str(exc)) from exc
+    files = [
+        (kind, path.relative_to(artifacts).as_posix(), path.stat().st_size, _sha256(path))
+        for kind, path in (("checkpoint", checkpoint), ("report", report_path))
+    ]
+
+    def record(retried: bool) -> None:
+        with session_scope(engine) as s:
+            if retried:  # an earlier try may have committed before the connection dropped
+                now = jobs.load_job(s, job.id)
+                if now.status == "succeeded" and now.worker == worker:
+                    return
+            for kind, rel, size, sha in files:
+                add_artifact(
+                    s, job.tenant_id, kind=kind, path=rel, bytes=size, sha256=sha, job_id=job.id
+                )
+            if scores is not None:
+                save_scores(s, job.id, scores)
+            try:
+                jobs.finish_job(s, job.id, worker, metrics, state.plan.to_dict())
+            except Conflict as exc:
+                raise JobLost(str(exc)) from exc
+
+    (retry or WriteRetry()).call(f"result of job {job.id}", record)
     return "succeeded"
