@@ -27,6 +27,12 @@ NAMED_DATASETS = ("cifar10", "digits", "mnist", "pycode")
 T = TypeVar("T")
 
 
+def _text_or_number(schema: dict[str, Any]) -> None:
+    # The budget is read as text, and a JSON number is accepted as a byte count: say so.
+    schema.pop("type", None)
+    schema["anyOf"] = [{"type": "string"}, {"type": "number"}]
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,8 +53,9 @@ class JobSpecIn(_In):
     )
     budget: str = Field(
         description="bytes ('60000', '60KB', '1.5MB', '64KiB') or a ratio of the dense size "
-        "('20x')",
+        "('20x'); a JSON number is a byte count",
         examples=["16x", "60KB"],
+        json_schema_extra=_text_or_number,
     )
     method: str = Field(default=DEFAULT_METHOD, description=f"one of {', '.join(METHODS)}")
     method_settings: dict[str, Any] = Field(
@@ -109,7 +116,10 @@ class JobSpecIn(_In):
 
 
 class ResolveIn(_In):
-    budget: str = Field(description="bytes or a ratio of the dense size, as for a job")
+    budget: str = Field(
+        description="bytes or a ratio of the dense size, as for a job",
+        json_schema_extra=_text_or_number,
+    )
 
     @field_validator("budget", mode="before")
     @classmethod

@@ -58,7 +58,14 @@ class RoutingError(SlimlineError):
         self.code = _HTTP_CODES.get(status, "error")
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 
 def _field(loc: Sequence[Any]) -> str:
@@ -105,6 +112,52 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(err.to_dict(), status_code=err.http_status, headers=headers)
 
 
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
+
+
+def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document as the handler answers: FastAPI's default 422 body
+    (``HTTPValidationError``) is never sent, ``ErrorOut`` is; an operation with a request body
+    can answer 400 (a body that is not JSON, or not a readable form); one that takes a key
+    can answer 503 (the database is down)."""
+    from slimline.schemas import ErrorOut
+
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault(
+        "ErrorOut", ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    for ops in spec.get("paths", {}).values():
+        for op in ops.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            responses = op["responses"]
+            for status, resp in list(responses.items()):
+                schema = resp.get("content", {}).get("application/json", {}).get("schema", {})
+                if schema.get("$ref", "").endswith("/HTTPValidationError"):
+                    responses[status] = _error_response(resp.get("description", "Invalid input"))
+            if "requestBody" in op:
+                responses.setdefault("400", _error_response("Malformed request body"))
+            if "401" in responses:
+                responses.setdefault("503", _error_response("Service Unavailable"))
+    text = repr(spec.get("paths"))
+    for name in ("HTTPValidationError", "ValidationError"):
+        if f"/{name}'" not in text:
+            schemas.pop(name, None)
+    return spec
+
+
 def install_error_handler(app: FastAPI) -> None:
     for exc_type in (SlimlineError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_type, handle_error)
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

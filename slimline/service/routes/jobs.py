@@ -38,6 +38,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 SSE_POLL_S = 0.5  # how often a stream re-reads the job's events
 SSE_KEEPALIVE_S = 15.0
+MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT: a larger number is refused (422), not sent
 
 
 @router.post("", status_code=201, responses=_ERRORS)
@@ -92,10 +93,10 @@ async def job_events(
     request: Request,
     engine: EngineDep,
     tenant: TenantDep,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     stream: bool = False,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> Response:
     """The job's events after ``after_id``, oldest first. With ``?stream=1`` (or
     ``Accept: text/event-stream``) a server-sent event stream that ends with an ``end`` event
@@ -113,8 +114,9 @@ async def job_events(
         items = [EventOut.model_validate(e) for e in page]
         out = EventPage(items=items, last_id=last, more=len(page) == limit)
         return Response(out.model_dump_json(), media_type="application/json")
-    if last_event_id is not None and last_event_id.isdigit():
-        after_id = max(after_id, int(last_event_id))
+    if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
+        # ASCII digits only ('²'.isdigit() is true), and within the events' id range.
+        after_id = min(max(after_id, int(last_event_id)), MAX_EVENT_ID)
     first = await run_in_threadpool(read, after_id)  # 404 before the stream starts
     poll_s: float = getattr(request.app.state, "sse_poll_s", SSE_POLL_S)
 
