@@ -25,6 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.db.conftest import pg_admin, pg_engine  # noqa: F401 (fixtures)
+from tests.service.conftest import api, redis_url  # noqa: F401 (fixtures)
 from tests.worker.conftest import digits_weights  # noqa: F401 (a fixture: dense weights)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -79,7 +79,10 @@ function drawPlan(options) { // [{name, option}]
 function drawPareto(points, chosen, budgetBytes, resolved) {
   const kb = (b) => b / 1000;
   const ys = points.map((p) => p.damage).filter((d) => isFinite(d));
-  const top = Math.max(...ys, chosen.damage || 0), bottom = Math.min(...ys, 0);
+  // Damage spans decades (a few tiny layers' worth near dense, large near the smallest file):
+  // a log axis when every value is positive.
+  const log = ys.length > 0 && ys.every((d) => d > 0) && (chosen.damage || 1) > 0;
+  const top = Math.max(...ys, chosen.damage || 0), bottom = log ? Math.min(...ys) : Math.min(...ys, 0);
   const datasets = [
     { label: "least damage at each size (Pareto)", data: points.map((p) => ({ x: kb(p.file_bytes), y: p.damage })),
       showLine: true, borderColor: COLORS.blue, backgroundColor: COLORS.blue, pointRadius: 2 },
@@ -99,7 +102,8 @@ function drawPareto(points, chosen, budgetBytes, resolved) {
     data: { datasets },
     options: { scales: {
       x: { title: { display: true, text: "file size (KB)" } },
-      y: { title: { display: true, text: "estimated damage (lower is better)" } },
+      y: { type: log ? "logarithmic" : "linear",
+        title: { display: true, text: "estimated damage (lower is better)" } },
     } },
   });
 }

@@ -25,7 +25,7 @@ function renderSummary(job) {
     `model ${modelLabel(job, page.uploads && page.uploads.models)}`,
     `data ${dataLabel(job, page.uploads && page.uploads.datasets)}`,
     `budget ${spec.budget}`, `method ${spec.method}`,
-    spec.epochs ? `${spec.epochs} epochs` : null,
+    spec.epochs ? `${spec.epochs} epoch${spec.epochs === 1 ? "" : "s"}` : null,
     `submitted ${fmtAge(job.created_at)}`,
   ];
   document.getElementById("job-summary").textContent = parts.filter(Boolean).join(" · ");

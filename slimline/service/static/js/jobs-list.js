@@ -17,19 +17,20 @@ const state = {
 function row(job, now) {
   const pct = jobProgress(job);
   const m = job.metrics || {};
+  const cell = (label, attrs, ...kids) => el("td", { "data-label": label, ...attrs }, ...kids);
   const tr = el("tr", { "data-job-id": job.id, "data-status": job.status, class: job.id === state.fresh ? "fresh" : null },
-    el("td", {}, el("a", { href: `/jobs/${job.id}`, class: "mono", text: job.id.slice(0, 8) })),
-    el("td", {}, statusBadge(job.status), job.cancel_requested && !TERMINAL.includes(job.status) ? " cancelling" : ""),
-    el("td", { class: "stage", text: job.stage || "–" }),
-    el("td", {},
+    cell("Job", {}, el("a", { href: `/jobs/${job.id}`, class: "mono", text: job.id.slice(0, 8) })),
+    cell("Status", {}, statusBadge(job.status), job.cancel_requested && !TERMINAL.includes(job.status) ? " cancelling" : ""),
+    cell("Stage", { class: "stage", text: job.stage || "–" }),
+    cell("Progress", {},
       el("progress", { max: "1", value: String(pct), "aria-label": `progress ${Math.round(100 * pct)}%` }),
       ` ${Math.round(100 * pct)}%`),
-    el("td", { text: modelLabel(job, state.uploads && state.uploads.models) }),
-    el("td", { text: dataLabel(job, state.uploads && state.uploads.datasets) }),
-    el("td", { class: "opt", text: (job.spec && job.spec.budget) || "–" }),
-    el("td", { class: "num", text: fmtRatio(m.ratio) }),
-    el("td", { class: "num", text: fmtPct(m.retention) }),
-    el("td", { class: "opt", title: job.created_at, text: fmtAge(job.created_at, now) }));
+    cell("Model", { text: modelLabel(job, state.uploads && state.uploads.models) }),
+    cell("Data", { text: dataLabel(job, state.uploads && state.uploads.datasets) }),
+    cell("Budget", { text: (job.spec && job.spec.budget) || "–" }),
+    cell("Ratio", { class: "num", text: fmtRatio(m.ratio) }),
+    cell("Retention", { class: "num", text: fmtPct(m.retention) }),
+    cell("Age", { title: job.created_at, text: fmtAge(job.created_at, now) }));
   return tr;
 }
 
@@ -43,11 +44,15 @@ function pageUrl(cursor, pageNo) {
   return "/jobs" + (s ? `?${s}` : "");
 }
 
-async function refresh() {
+function readPage() {
   const q = new URLSearchParams({ limit: String(state.limit) });
   if (state.status) q.append("status", state.status);
   if (state.cursor) q.set("cursor", state.cursor);
-  const page = await api(`/v1/jobs?${q}`);
+  return api(`/v1/jobs?${q}`);
+}
+
+async function refresh(first) {
+  const page = first || await readPage();
   const unknown = page.items.some((j) => !state.uploads.models.has(j.model_id)
     || (j.dataset_id && !state.uploads.datasets.has(j.dataset_id)));
   if (unknown) state.uploads = await loadUploads();
@@ -68,9 +73,9 @@ async function refresh() {
   }
 }
 
-async function poll() {
+async function poll(first) {
   try {
-    if (!document.hidden || !document.getElementById("jobs-table").dataset.loaded) await refresh();
+    if (first || !document.hidden) await refresh(first);
   } catch (err) {
     document.getElementById("list-notice").textContent = `Could not update the list: ${err.message}`;
   }
@@ -88,6 +93,6 @@ document.getElementById("next-page").addEventListener("click", () => {
 document.getElementById("first-page").addEventListener("click", () => location.assign(pageUrl("", 1)));
 
 fillHeader();
-loadUploads().then((u) => { state.uploads = u; poll(); }).catch((err) => {
+Promise.all([loadUploads(), readPage()]).then(([u, first]) => { state.uploads = u; poll(first); }).catch((err) => {
   document.getElementById("list-notice").textContent = `Could not load jobs: ${err.message}`;
 });
