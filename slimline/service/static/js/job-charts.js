@@ -103,21 +103,28 @@ function drawPareto(points, chosen, budgetBytes, resolved) {
     options: { scales: {
       x: { title: { display: true, text: "file size (KB)" } },
       y: { type: log ? "logarithmic" : "linear",
+        ticks: log ? { callback: (v) => Number(v).toExponential(0) } : {},
         title: { display: true, text: "estimated damage (lower is better)" } },
     } },
   });
 }
 
-const NOT_CURVES = new Set(["step", "total", "epoch", "epochs", "seconds", "stopped_at_step", "lr", "batch"]);
-// Fine-tune progress events -> one line per numeric key; losses on the left axis.
+// Loss-like and metric-like keys of the fine-tune progress events become curves.
+const CURVE_KEY = /loss|metric|acc|perplexity|bits_per_token/i;
+// Fine-tune progress events -> one line per loss/metric key; losses on the left axis. A method
+// may train in phases whose steps restart (constrained: ADMM, then QAT): steps are chained.
 function drawTraining(events) {
   const series = new Map();
+  let offset = 0, prev = 0, phase;
   for (const e of events) {
     const d = e.data || {};
-    const x = typeof d.step === "number" ? d.step : (typeof d.epoch === "number" ? d.epoch : null);
-    if (x === null) continue;
+    if (typeof d.step !== "number") continue;
+    if (d.step < prev || (d.phase !== undefined && phase !== undefined && d.phase !== phase)) offset += prev;
+    prev = d.step;
+    phase = d.phase;
+    const x = offset + d.step;
     for (const [k, v] of Object.entries(d)) {
-      if (NOT_CURVES.has(k) || typeof v !== "number" || !isFinite(v)) continue;
+      if (!CURVE_KEY.test(k) || typeof v !== "number" || !isFinite(v)) continue;
       if (!series.has(k)) series.set(k, []);
       series.get(k).push({ x, y: v });
     }
@@ -141,7 +148,7 @@ function drawTraining(events) {
     type: "scatter",
     data: { datasets },
     options: { scales: {
-      x: { title: { display: true, text: "step" } },
+      x: { title: { display: true, text: "fine-tuning step (all phases)" } },
       loss: { position: "left", title: { display: true, text: "loss" } },
       metric: { position: "right", display: hasMetric, title: { display: true, text: "metric" },
         grid: { drawOnChartArea: false } },
