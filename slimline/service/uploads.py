@@ -9,7 +9,6 @@ uploaded while the record is still pending (so a lost message is repaired by ret
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Request
@@ -44,11 +43,23 @@ async def inspect_upload(enqueuer: Enqueuer, what: str, upload_id: str, status: 
 
 def store_file(store: ArtifactStore, tenant: Tenant, what: str, f: ReceivedFile, ext: str) -> str:
     rel = f"tenants/{tenant.id}/{what}/{f.sha256}{ext}"
-    store.commit(f.path, rel)
+    store.commit(f.path, rel, f.sha256)
     return rel
 
 
-def check_model(form_fields: dict[str, str], f: ReceivedFile) -> tuple[str, str | None, Any]:
+def zoo_config(form_fields: dict[str, str]) -> dict[str, Any]:
+    """The zoo ``config`` form field: a JSON object of bounded depth (default ``{}``)."""
+    config = file_checks.load_json_text(
+        form_fields.get("config") or "{}", field="config", what="config", error=InvalidModel
+    )
+    if not isinstance(config, dict):
+        raise InvalidModel("config must be a JSON object", field="config")
+    return config
+
+
+def check_model(
+    form_fields: dict[str, str], f: ReceivedFile, max_upload: int
+) -> tuple[str, str | None, Any]:
     """(kind, zoo name, config) after the cheap checks; raises ``InvalidModel``."""
     unknown = sorted(set(form_fields) - set(MODEL_FIELDS))
     if unknown:
@@ -67,7 +78,7 @@ def check_model(form_fields: dict[str, str], f: ReceivedFile) -> tuple[str, str 
                 "+ a .safetensors weights file",
                 field="file",
             )
-        file_checks.check_pt2(f.path, f.head, f.filename)
+        file_checks.check_pt2(f.path, f.head, f.filename, size=f.size, max_upload=max_upload)
         return "pt2", None, None
     name = name.strip()
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
@@ -77,17 +88,12 @@ def check_model(form_fields: dict[str, str], f: ReceivedFile) -> tuple[str, str 
             f"file {f.filename!r}: a zoo model's weights must be a .safetensors file",
             field="file",
         )
-    try:
-        config = json.loads(form_fields.get("config") or "{}")
-    except json.JSONDecodeError as exc:
-        raise InvalidModel(f"config is not valid JSON: {exc}", field="config") from None
-    if not isinstance(config, dict):
-        raise InvalidModel("config must be a JSON object", field="config")
+    config = zoo_config(form_fields)
     file_checks.check_safetensors(f.path, f.size, f.filename, field="file", model=True)
     return "zoo", name, config
 
 
-def _check_dataset(form_fields: dict[str, str], f: ReceivedFile) -> str:
+def _check_dataset(form_fields: dict[str, str], f: ReceivedFile, max_upload: int) -> str:
     if form_fields:
         raise InvalidInput(
             f"unexpected form fields {sorted(form_fields)}; send only 'file'",
@@ -95,7 +101,7 @@ def _check_dataset(form_fields: dict[str, str], f: ReceivedFile) -> str:
         )
     ext = file_checks.extension(f.filename)
     if ext == ".npz":
-        file_checks.check_npz(f.path, f.head, f.filename)
+        file_checks.check_npz(f.path, f.head, f.filename, size=f.size, max_upload=max_upload)
     elif ext == ".safetensors":
         file_checks.check_safetensors(f.path, f.size, f.filename, field="file", model=False)
     else:
@@ -114,7 +120,7 @@ async def upload_dataset(
         f = form.files.get("file")
         if f is None:
             raise InvalidData("no file: send the dataset as the form field 'file'", field="file")
-        ext = await run_in_threadpool(_check_dataset, form.fields, f)
+        ext = await run_in_threadpool(_check_dataset, form.fields, f, settings.max_upload_bytes)
         rel = await run_in_threadpool(store_file, store, tenant, "datasets", f, ext)
     finally:
         form.discard()

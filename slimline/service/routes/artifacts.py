@@ -9,7 +9,6 @@ from fastapi.responses import FileResponse
 
 from slimline.db import artifacts
 from slimline.db.session import session_scope
-from slimline.errors import NotFound
 from slimline.schemas import ArtifactOut, ErrorOut
 from slimline.service.deps import EngineDep, SettingsDep, TenantDep
 from slimline.service.store import ArtifactStore
@@ -49,13 +48,8 @@ def download_artifact(
     etag = f'"{art.sha256}"'
     if _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
-    path = ArtifactStore(settings.artifact_dir).resolve(art.path)
-    if not path.is_file():
-        raise NotFound(
-            f"artifact {artifact_id!r} is recorded but its file is missing from the store",
-            field="artifact_id",
-            value=artifact_id,
-        )
+    # Size and sha256 checked against the record: half a file is never served (503).
+    path = ArtifactStore(settings.artifact_dir).verified(art.path, art.sha256, art.bytes)
     return FileResponse(
         path,
         media_type="application/octet-stream",
