@@ -19,7 +19,8 @@ models, datasets and the jobs page, and building the rows. Reported: median, min
 
     python -m bench.dashboard_render [--backend sqlite|postgres] [--runs 7]
 
-Prints a table and writes ``bench/results/dashboard-render-<date>.json``.
+Prints a table and writes ``bench/results/dashboard-render-<date>.json`` (``-postgres`` added
+to the name for that backend).
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
               f"(min {m['min_ms']:.1f}, max {m['max_ms']:.1f})")  # fmt: skip
     print(f"  API GET /v1/jobs?limit=50 alone: {r['api_list_50_median_ms']:.1f} ms")
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"dashboard-render-{r['date']}.json"
+    suffix = "" if r["backend"] == "sqlite" else f"-{r['backend']}"
+    path = RESULTS / f"dashboard-render-{r['date']}{suffix}.json"
     path.write_text(json.dumps(r, indent=1) + "\n")
     print(f"wrote {path}")
 
