@@ -3,7 +3,8 @@
 
 function nextUrl() {
   const next = new URLSearchParams(location.search).get("next") || "/jobs";
-  return next.startsWith("/") && !next.startsWith("//") ? next : "/jobs";
+  // same-origin paths only: "//host" and "/\\host" would leave the site
+  return /^\/(?![\/\\])/.test(next) ? next : "/jobs";
 }
 
 async function signIn(body) {
