@@ -27,6 +27,49 @@ NAMED_DATASETS = ("cifar10", "digits", "mnist", "pycode")
 T = TypeVar("T")
 
 
+MAX_SETTINGS_DEPTH = 32
+MAX_SETTINGS_BYTES = 64 * 1024
+
+
+def json_depth(value: Any, limit: int = MAX_SETTINGS_DEPTH) -> int:
+    """How many levels of lists and objects ``value`` nests (a scalar: 0), counted
+    iteratively and no further than ``limit + 1``."""
+    depth, level = 0, [value]
+    while True:
+        containers = [x for x in level if isinstance(x, dict | list)]
+        if not containers or depth > limit:
+            return depth
+        depth += 1
+        level = [v for x in containers for v in (x.values() if isinstance(x, dict) else x)]
+
+
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str) and "\x00" in x:
+            return True
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
+
+
+def _bounded_settings(v: dict[str, Any], field: str) -> dict[str, Any]:
+    import json
+
+    if json_depth(v) > MAX_SETTINGS_DEPTH:
+        raise ValueError(f"{field} nests too deeply (at most {MAX_SETTINGS_DEPTH} levels)")
+    text = json.dumps(v)
+    if len(text) > MAX_SETTINGS_BYTES:
+        raise ValueError(f"{field} is {len(text)} bytes as JSON; at most {MAX_SETTINGS_BYTES}")
+    if _has_nul(v):  # Postgres stores no NUL in text or JSON: refuse it here, not with a 500
+        raise ValueError(f"{field} contains a NUL character (\\u0000)")
+    return v
+
+
 def _text_or_number(schema: dict[str, Any]) -> None:
     # The budget is read as text, and a JSON number is accepted as a byte count: say so.
     schema.pop("type", None)
@@ -84,6 +127,11 @@ class JobSpecIn(_In):
                 return str(v)
             return str(int(v))
         return v
+
+    @field_validator("method_settings")
+    @classmethod
+    def _method_settings_bounded(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _bounded_settings(v, "method_settings")
 
     @field_validator("finetune")
     @classmethod

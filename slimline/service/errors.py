@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 
 from slimline.errors import InvalidInput, SlimlineError
 
 log = logging.getLogger("slimline.service")
+
+# A record's id in a path: ids are UUIDs, but anything printable is looked up (and not found);
+# control characters (a NUL cannot even be sent to Postgres) are refused naming the parameter.
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]+$"
+RecordId = Annotated[str, Path(max_length=128, pattern=NO_CONTROL_CHARS)]
 
 
 class BadRequest(SlimlineError):
@@ -88,13 +94,31 @@ def _from_validation(exc: RequestValidationError) -> SlimlineError:
     return InvalidInput("; ".join(parts) or "invalid request", field=first_field)
 
 
+def _client_data(message: str) -> bool:
+    return any(s in message for s in ("NUL (0x00)", "out of range", "\\u0000"))
+
+
 def to_slimline_error(exc: Exception) -> SlimlineError:
     if isinstance(exc, SlimlineError):
         return exc
     if isinstance(exc, RequestValidationError):
         return _from_validation(exc)
     if isinstance(exc, HTTPException):
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer when its parser raised (e.g. JSON nested thousands deep)
+            return BadRequest(
+                "the request body could not be parsed: send one JSON object (UTF-8, nested "
+                "at most a few levels deep)"
+            )
         return RoutingError(str(exc.detail), status=exc.status_code)
+    if isinstance(exc, DataError) and _client_data(str(exc.orig)):
+        # A value the database cannot hold (a NUL byte, a number out of range) that got past
+        # the validation: the request's fault, said as such rather than a 500.
+        log.warning("refused a value the database cannot store: %s", str(exc.orig)[:200])
+        return InvalidInput(
+            "a value in the request cannot be stored or looked up (a NUL character, or a "
+            "number out of range)"
+        )
     log.exception("unhandled error", exc_info=exc)
     return SlimlineError("internal error; the server log has the details")
 

@@ -9,46 +9,115 @@ worker's inspection task does the real, thorough check (``slimline.models._pt2_g
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from slimline.errors import InvalidData, InvalidModel
+from slimline.errors import InvalidData, InvalidInput, InvalidModel
+from slimline.schemas import MAX_SETTINGS_DEPTH, json_depth
 
 MAX_SAFETENSORS_HEADER = 100 * 1024**2
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 SAVE_HINT = "export the model with torch.export.save(torch.export.export(model, args), 'm.pt2')"
+# A zip's members may unpack to at most this many times the upload limit in all, and a zip
+# that unpacks to more than SMALL_EXPANSION bytes may not be compressed more than
+# MAX_RATIO:1: torch.export.save and np.savez store members uncompressed, np.savez_compressed
+# reaches a few times on real data, a zip bomb reaches a thousand.
+EXPANSION_FACTOR = 4
+MAX_RATIO = 100
+SMALL_EXPANSION = 64 * 1024**2
+MAX_ZIP_MEMBERS = 10_000
+MAX_JSON_DEPTH = MAX_SETTINGS_DEPTH
+SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
 
 
 def extension(filename: str) -> str:
     return PurePosixPath(filename.lower()).suffix
 
 
-def _zip_names(path: Path) -> list[str] | None:
+def load_json_text(text: str | bytes, *, field: str, what: str, error: type = InvalidInput) -> Any:
+    """``json.loads`` that refuses deep nesting with ``error`` naming ``field`` (Python's
+    parser recurses: a few thousand ``[`` would otherwise be a RecursionError, a 500)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise error(
+            f"{what} nests too deeply (at most {MAX_JSON_DEPTH} levels)", field=field
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{what} is not valid JSON: {exc}", field=field) from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise error(f"{what} nests too deeply (at most {MAX_JSON_DEPTH} levels)", field=field)
+    return value
+
+
+def _zip_infos(path: Path) -> list[zipfile.ZipInfo] | None:
     if not zipfile.is_zipfile(path):
         return None
     try:
         with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+            return zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
         return None
 
 
-def check_pt2(path: Path, head: bytes, filename: str) -> None:
+def check_expansion(
+    infos: list[zipfile.ZipInfo], size: int, filename: str, *, max_upload: int, error: type
+) -> None:
+    """Refuse a zip bomb from its central directory alone (nothing is decompressed): the
+    sizes it declares bound what a reader unpacks (Python's zipfile and torch's reader stop
+    at the declared size)."""
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise error(
+            f"{filename!r} has {len(infos)} archive members; at most {MAX_ZIP_MEMBERS}",
+            field="file",
+        )
+    expanded = sum(max(i.file_size, 0) for i in infos)
+    cap = EXPANSION_FACTOR * max_upload
+    ratio = expanded / max(size, 1)
+    if expanded > cap or (expanded > SMALL_EXPANSION and ratio > MAX_RATIO):
+        raise error(
+            f"{filename!r} unpacks to {expanded} bytes from {size} ({ratio:.0f}:1), more than "
+            f"{'the ' + str(cap) + '-byte cap' if expanded > cap else f'{MAX_RATIO}:1'}; "
+            "refused as a zip bomb: store members uncompressed (torch.export.save, np.savez)",
+            field="file",
+        )
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    infos = _zip_infos(path)
+    return None if infos is None else [i.filename for i in infos]
+
+
+def _refuse_empty(size: int, filename: str, error: type) -> None:
+    if size == 0:
+        raise error(f"{filename!r} is empty (0 bytes)", field="file")
+
+
+def check_pt2(path: Path, head: bytes, filename: str, *, size: int, max_upload: int) -> None:
     """A ``.pt2`` is a torch.export archive: a zip with an ``archive_format`` member and no
     pickles. A bare pickle or a ``torch.save`` checkpoint (a zip around ``data.pkl``) is
-    refused without being read further."""
+    refused without being read further, and so is an archive that would unpack to far more
+    than it weighs."""
+    _refuse_empty(size, filename, InvalidModel)
     if head.startswith(PICKLE_MAGIC):
         raise InvalidModel(
             f"{filename!r} is a Python pickle, which slimline never loads (it can run code); "
             f"{SAVE_HINT}",
             field="file",
         )
-    names = _zip_names(path)
-    if names is None:
+    infos = _zip_infos(path)
+    if infos is None:
         raise InvalidModel(
-            f"{filename!r} is not a .pt2 archive (not a zip file); {SAVE_HINT}", field="file"
+            f"{filename!r} is not a .pt2 archive (not a zip file, or a truncated one); {SAVE_HINT}",
+            field="file",
         )
+    names = [i.filename for i in infos]
     if any(n.endswith(".pkl") for n in names):
         raise InvalidModel(
             f"{filename!r} is a torch.save checkpoint (a pickle inside a zip), not a "
@@ -61,46 +130,128 @@ def check_pt2(path: Path, head: bytes, filename: str) -> None:
             f"member); {SAVE_HINT}",
             field="file",
         )
+    check_expansion(infos, size, filename, max_upload=max_upload, error=InvalidModel)
 
 
 def check_safetensors(path: Path, size: int, filename: str, *, field: str, model: bool) -> None:
-    """An 8-byte little-endian header length, then that many bytes of JSON object."""
+    """An 8-byte little-endian header length, then that many bytes of JSON object whose
+    tensors have a known dtype, a shape, and data offsets that lie inside the file and span
+    exactly their shape's bytes (so a truncated file is caught here, not by the worker)."""
     error = InvalidModel if model else InvalidData
+    _refuse_empty(size, filename, error)
     if size < 8:
         raise error(f"{filename!r} is too short to be a safetensors file", field=field)
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > min(MAX_SAFETENSORS_HEADER, size - 8):
             raise error(
-                f"{filename!r} is not a safetensors file: header length {n} exceeds the file "
-                f"or the {MAX_SAFETENSORS_HEADER}-byte cap",
+                f"{filename!r} is not a safetensors file (or it is truncated): header length "
+                f"{n} exceeds the file or the {MAX_SAFETENSORS_HEADER}-byte cap",
                 field=field,
             )
         raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        header = None
-    if not isinstance(header, dict) or not all(
-        isinstance(v, dict) and "dtype" in v and "shape" in v
-        for k, v in header.items()
-        if k != "__metadata__"
-    ):
+    what = f"{filename!r} is not a safetensors file: its header"
+    header = load_json_text(raw, field=field, what=what, error=error)
+    if not isinstance(header, dict):
         raise error(f"{filename!r} is not a safetensors file: bad header", field=field)
+    data_bytes = size - 8 - n
+    for name, t in header.items():
+        if name == "__metadata__":
+            if not isinstance(t, dict) or not all(isinstance(v, str) for v in t.values()):
+                raise error(f"{filename!r}: __metadata__ must map names to strings", field=field)
+            continue
+        if not isinstance(t, dict) or not {"dtype", "shape", "data_offsets"} <= set(t):
+            raise error(
+                f"{filename!r} is not a safetensors file: bad header entry {name[:80]!r}",
+                field=field,
+            )
+        dtype, shape, offsets = t["dtype"], t["shape"], t["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise error(
+                f"{filename!r}: tensor {name[:80]!r} has dtype {str(dtype)[:20]!r}; accepted: "
+                f"{', '.join(SAFETENSORS_DTYPES)}",
+                field=field,
+            )
+        ints = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
+        ints = ints and all(type(d) is int and d >= 0 for d in [*shape, *offsets])
+        if not ints:
+            raise error(
+                f"{filename!r}: tensor {name[:80]!r} has a malformed shape or data_offsets",
+                field=field,
+            )
+        begin, end = offsets
+        want = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+        if not begin <= end <= data_bytes or end - begin != want:
+            raise error(
+                f"{filename!r}: tensor {name[:80]!r} (shape {shape[:8]}, {dtype}) needs {want} "
+                f"bytes at [{begin}, {end}) but the file has {data_bytes} data bytes; the file "
+                "is truncated or corrupt",
+                field=field,
+            )
 
 
-def check_npz(path: Path, head: bytes, filename: str) -> None:
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[Any, tuple[int, ...], int]:
+    """(dtype, shape, header bytes) of one ``.npy`` member, read from its first bytes only
+    (numpy's header reader: a literal, never code)."""
+    import numpy as np
+    from numpy.lib import format as npy
+
+    with zf.open(info) as m:
+        version = npy.read_magic(m)
+        start = {(1, 0): 10, (2, 0): 12, (3, 0): 12}[version]
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(m)
+        else:
+            shape, _, dtype = npy.read_array_header_2_0(m)
+        header_len = m.tell() if m.seekable() else start
+    return np.dtype(dtype), tuple(shape), header_len
+
+
+def check_npz(path: Path, head: bytes, filename: str, *, size: int, max_upload: int) -> None:
+    """An ``np.savez`` archive: ``.npy`` members of plain (not object) dtypes whose declared
+    shape matches their stored bytes, unpacking to a bounded size."""
+    _refuse_empty(size, filename, InvalidData)
     if head.startswith(PICKLE_MAGIC):
         raise InvalidData(
             f"{filename!r} is a Python pickle; send np.savez arrays (.npz) or safetensors",
             field="file",
         )
-    names = _zip_names(path)
-    if names is None:
-        raise InvalidData(f"{filename!r} is not an .npz file (not a zip file)", field="file")
+    infos = _zip_infos(path)
+    if infos is None:
+        raise InvalidData(
+            f"{filename!r} is not an .npz file (not a zip file, or a truncated one)",
+            field="file",
+        )
+    names = [i.filename for i in infos]
     bad = [n for n in names if not n.endswith(".npy")]
     if bad or not names:
         raise InvalidData(
             f"{filename!r} is not an .npz of arrays: members {bad[:3] or names} are not .npy",
             field="file",
         )
+    check_expansion(infos, size, filename, max_upload=max_upload, error=InvalidData)
+    with zipfile.ZipFile(path) as zf:
+        for info in infos:
+            key = info.filename.removesuffix(".npy")[:80]
+            try:
+                dtype, shape, header_len = _npy_header(zf, info)
+            except Exception as exc:  # noqa: BLE001 - any unreadable header is the same answer
+                raise InvalidData(
+                    f"{filename!r}: array {key!r} is not a readable .npy array "
+                    f"({type(exc).__name__}: {str(exc)[:200]})",
+                    field=key,
+                ) from None
+            if dtype.hasobject:
+                raise InvalidData(
+                    f"{filename!r}: array {key!r} is an object array ({dtype}), which would be "
+                    "unpickled (that can run code); store numeric arrays only",
+                    field=key,
+                )
+            want = math.prod(shape) * dtype.itemsize
+            if info.file_size - header_len != want:
+                raise InvalidData(
+                    f"{filename!r}: array {key!r} declares shape {shape[:8]} of {dtype} "
+                    f"({want} bytes) but holds {info.file_size - header_len}; the file is "
+                    "truncated or corrupt",
+                    field=key,
+                )

@@ -16,7 +16,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
 
 from fastapi import Request
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import (
+    DEFAULT_MAX_HEADER_SIZE as MAX_PART_HEADER,
+)
+from python_multipart.multipart import (
+    MultipartParser,
+    parse_options_header,
+)
 from starlette.requests import ClientDisconnect
 
 from slimline.errors import InvalidInput
@@ -26,6 +32,7 @@ from slimline.service.store import ArtifactStore
 MAX_FIELD_BYTES = 1024**2  # a text field (zoo name, config JSON)
 MAX_PARTS = 8
 HEAD_BYTES = 64 * 1024  # kept from each file for the cheap format checks
+MAX_BOUNDARY = 70  # RFC 2046; python-multipart raises past 256
 
 
 @dataclass
@@ -190,6 +197,11 @@ async def receive_multipart(
             "expected a multipart/form-data body (e.g. curl -F file=@model.pt2)",
             field="content-type",
         )
+    if len(boundary) > MAX_BOUNDARY:
+        raise BadRequest(
+            f"multipart boundary is {len(boundary)} characters; at most {MAX_BOUNDARY} (RFC 2046)",
+            field="content-type",
+        )
     declared = request.headers.get("content-length")
     # Refuse at once what cannot fit: the file plus generous room for the form around it.
     room = max_file_bytes + MAX_PARTS * (MAX_FIELD_BYTES + 4096)
@@ -216,7 +228,12 @@ async def receive_multipart(
         if isinstance(exc, ClientDisconnect):
             raise BadRequest("the client disconnected before the upload was complete") from exc
         if isinstance(exc, ValueError | LookupError) and not isinstance(exc, InvalidInput):
-            raise BadRequest(f"malformed multipart body: {exc}") from exc
+            hint = ""
+            if "header size" in str(exc):
+                hint = (
+                    f" (a part's header line, e.g. its file name, is over {MAX_PART_HEADER} bytes)"
+                )
+            raise BadRequest(f"malformed multipart body: {exc}{hint}") from exc
         raise
     receiver.close()
     return receiver.form

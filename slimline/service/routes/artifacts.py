@@ -11,6 +11,7 @@ from slimline.db import artifacts
 from slimline.db.session import session_scope
 from slimline.schemas import ArtifactOut, ErrorOut
 from slimline.service.deps import EngineDep, SettingsDep, TenantDep
+from slimline.service.errors import RecordId
 from slimline.service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
@@ -37,7 +38,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}, 304: {}},
 )
 def download_artifact(
-    artifact_id: str,
+    artifact_id: RecordId,
     settings: SettingsDep,
     engine: EngineDep,
     tenant: TenantDep,

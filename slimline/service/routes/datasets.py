@@ -9,6 +9,7 @@ from slimline.db.session import session_scope
 from slimline.schemas import DatasetOut, ErrorOut
 from slimline.service import uploads as upload_service
 from slimline.service.deps import EngineDep, EnqueuerDep, SettingsDep, TenantDep
+from slimline.service.errors import RecordId
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -53,6 +54,6 @@ def list_datasets(engine: EngineDep, tenant: TenantDep) -> list[DatasetOut]:
 
 
 @router.get("/{dataset_id}", responses=_ERRORS)
-def get_dataset(dataset_id: str, engine: EngineDep, tenant: TenantDep) -> DatasetOut:
+def get_dataset(dataset_id: RecordId, engine: EngineDep, tenant: TenantDep) -> DatasetOut:
     with session_scope(engine) as s:
         return DatasetOut.model_validate(uploads.get_dataset(s, tenant.id, dataset_id))

@@ -30,6 +30,7 @@ from slimline.schemas import (
 from slimline.service import resolve as resolve_service
 from slimline.service import submit
 from slimline.service.deps import EngineDep, EnqueuerDep, SettingsDep, TenantDep
+from slimline.service.errors import RecordId
 from slimline.service.routes.artifacts import artifact_out
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -73,7 +74,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", responses=_ERRORS)
-def get_job(job_id: str, engine: EngineDep, tenant: TenantDep) -> JobDetailOut:
+def get_job(job_id: RecordId, engine: EngineDep, tenant: TenantDep) -> JobDetailOut:
     with session_scope(engine) as s:
         return JobDetailOut.model_validate(jobs.get_job(s, tenant.id, job_id))
 
@@ -89,7 +90,7 @@ def _sse(event: jobs.JobEvent) -> str:
     responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
 )
 async def job_events(
-    job_id: str,
+    job_id: RecordId,
     request: Request,
     engine: EngineDep,
     tenant: TenantDep,
@@ -148,7 +149,7 @@ async def job_events(
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)
-def cancel_job(job_id: str, engine: EngineDep, tenant: TenantDep) -> JobDetailOut:
+def cancel_job(job_id: RecordId, engine: EngineDep, tenant: TenantDep) -> JobDetailOut:
     """A queued job is cancelled at once; a running one stops at its worker's next check
     (``cancel_requested`` is true until then). A finished job cannot be cancelled (409)."""
     with session_scope(engine) as s:
@@ -156,13 +157,15 @@ def cancel_job(job_id: str, engine: EngineDep, tenant: TenantDep) -> JobDetailOu
 
 
 @router.post("/{job_id}/resolve", responses=_ERRORS)
-def resolve_job(job_id: str, body: ResolveIn, engine: EngineDep, tenant: TenantDep) -> ResolveOut:
+def resolve_job(
+    job_id: RecordId, body: ResolveIn, engine: EngineDep, tenant: TenantDep
+) -> ResolveOut:
     """Re-solve the job's stored scores for another budget: the plan that budget would get,
     with its predicted bytes and damage (no training; submit a job to get its checkpoint)."""
     return resolve_service.resolve(engine, tenant, job_id, body.budget)
 
 
 @router.get("/{job_id}/artifacts", responses=_ERRORS)
-def job_artifacts(job_id: str, engine: EngineDep, tenant: TenantDep) -> list[ArtifactOut]:
+def job_artifacts(job_id: RecordId, engine: EngineDep, tenant: TenantDep) -> list[ArtifactOut]:
     with session_scope(engine) as s:
         return [artifact_out(a) for a in artifacts.job_artifacts(s, tenant.id, job_id)]

@@ -25,6 +25,7 @@ from slimline.schemas import ErrorOut, ModelOut
 from slimline.service import file_checks
 from slimline.service import uploads as upload_service
 from slimline.service.deps import EngineDep, EnqueuerDep, SettingsDep, TenantDep
+from slimline.service.errors import RecordId
 from slimline.service.multipart_stream import ReceivedForm, receive_multipart
 from slimline.service.store import ArtifactStore
 
@@ -71,17 +72,11 @@ def _zoo_fields(fields: dict[str, str]) -> tuple[str, dict[str, Any]]:
     name = fields.get("name", "").strip()
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
         raise InvalidModel(f"zoo name {name!r} is not a valid model name", field="name")
-    try:
-        config = json.loads(fields.get("config") or "{}")
-    except json.JSONDecodeError as exc:
-        raise InvalidModel(f"config is not valid JSON: {exc}", field="config") from None
-    if not isinstance(config, dict):
-        raise InvalidModel("config must be a JSON object", field="config")
-    return name, config
+    return name, upload_service.zoo_config(fields)
 
 
 async def _record_form(
-    form: ReceivedForm, store: ArtifactStore, engine: Engine, tenant: Tenant
+    form: ReceivedForm, store: ArtifactStore, engine: Engine, tenant: Tenant, max_upload: int
 ) -> tuple[uploads.ModelRecord, bool]:
     f = form.files.get("file")
     if f is None:
@@ -97,7 +92,9 @@ async def _record_form(
             zoo_name=name, config=config,
         )  # fmt: skip
     else:
-        kind, zoo_name, config = await run_in_threadpool(upload_service.check_model, form.fields, f)
+        kind, zoo_name, config = await run_in_threadpool(
+            upload_service.check_model, form.fields, f, max_upload
+        )
         ext = file_checks.extension(f.filename)
         rel = await run_in_threadpool(upload_service.store_file, store, tenant, "models", f, ext)
         values = dict(
@@ -130,7 +127,7 @@ async def upload_model(
     store = ArtifactStore(settings.artifact_dir)
     form = await receive_multipart(request, store, settings.max_upload_bytes, {"file"})
     try:
-        rec, created = await _record_form(form, store, engine, tenant)
+        rec, created = await _record_form(form, store, engine, tenant, settings.max_upload_bytes)
     finally:
         form.discard()
     await upload_service.inspect_upload(enqueuer, "model", rec.id, rec.status)
@@ -149,6 +146,6 @@ async def list_models(engine: EngineDep, tenant: TenantDep) -> list[ModelOut]:
 
 
 @router.get("/{model_id}", responses=_ERRORS)
-def get_model(model_id: str, engine: EngineDep, tenant: TenantDep) -> ModelOut:
+def get_model(model_id: RecordId, engine: EngineDep, tenant: TenantDep) -> ModelOut:
     with session_scope(engine) as s:
         return ModelOut.model_validate(uploads.get_model(s, tenant.id, model_id))
