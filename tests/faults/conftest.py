@@ -153,6 +153,8 @@ class Cluster:
     def stop(self) -> None:
         if self.sweeper is not None:
             self.sweeper.stop()
+        for worker in self.live():  # warm shutdowns side by side, then wait for each
+            worker.proc.terminate()
         for worker in self.workers:
             worker.stop()
 

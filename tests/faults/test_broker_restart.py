@@ -27,7 +27,7 @@ def test_redis_restart_with_jobs_queued_and_running(
 ) -> None:
     with cluster(pg_admin, private_redis, tmp_path, data_root, cache_dir, workers=2) as c:
         upload = upload_weights(c.engine, c.settings, digits_weights)
-        ids = [submit(c.app, c.engine, *upload, job_spec_json(60)) for _ in range(4)]
+        ids = [submit(c.app, c.engine, *upload, job_spec_json(40)) for _ in range(4)]
 
         def two_running_two_queued() -> bool:
             statuses = sorted(row(c.engine, j)[0] for j in ids)

@@ -58,7 +58,7 @@ def test_postgres_outage_during_a_job(
         h = {"Authorization": f"Bearer {key}"}
         api_settings = c.settings.model_dump()
         api_settings["database_url"] = proxied.render_as_string(hide_password=False)
-        job_id = submit(c.app, c.engine, tenant_id, model_id, job_spec_json(400))
+        job_id = submit(c.app, c.engine, tenant_id, model_id, job_spec_json(150))
         body = {"model": model_id, "data": "digits", "budget": "16x", "method": "uniform"}
         with TestClient(create_app(Settings(**api_settings))) as api:
             assert api.get("/readyz").status_code == 200

@@ -30,6 +30,7 @@ from tests.worker.conftest import job_spec_json, submit, upload_weights, wait_fo
 
 pytestmark = pytest.mark.slow
 KILLED_STAGES = ("inspect", "plan", "fine-tune", "export")
+STEPS = 50  # fine-tuning steps: enough to be caught fine-tuning, few enough to be quick
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def upload(kc: Cluster, digits_weights: Path) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def reference(kc: Cluster, upload: tuple[str, str]) -> str:
     """The checkpoint sha256 of the job run uninterrupted."""
-    job_id = submit(kc.app, kc.engine, *upload, job_spec_json())
+    job_id = submit(kc.app, kc.engine, *upload, job_spec_json(STEPS))
     wait_final(kc.engine, [job_id], 120, kc.logs)
     job = load(kc.engine, job_id)
     assert job.status == "succeeded" and job.attempts == 1, job.error
@@ -64,7 +65,7 @@ def reference(kc: Cluster, upload: tuple[str, str]) -> str:
 def test_kill9_in_stage_resumes_on_another_worker_with_the_same_result(
     kc: Cluster, upload: tuple[str, str], reference: str, stage: str
 ) -> None:
-    job_id = submit(kc.app, kc.engine, *upload, job_spec_json())
+    job_id = submit(kc.app, kc.engine, *upload, job_spec_json(STEPS))
 
     def in_stage() -> tuple[str, str | None, str | None, int] | None:
         r = row(kc.engine, job_id)
