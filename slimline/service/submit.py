@@ -6,8 +6,10 @@ tenant's and not known to be invalid; the data is a named dataset or the tenant'
 budget is reachable when the model's inspection already measured the smallest size (a ratio
 resolves against the dense size). A model still pending inspection is accepted and the worker
 decides. Replays of an ``Idempotency-Key`` return the first job and send nothing; the rate
-limit counts only new jobs. If the broker is down after the commit the job stays queued and
-the sweeper sends it later (``requeue_after_s``): the row, not the message, is the truth.
+limit counts only new jobs, per tenant (all its keys together; creations of one tenant are
+serialized so concurrent requests cannot all slip under it). If the broker is down after the
+commit the job stays queued and the sweeper sends it later (``requeue_after_s``): the row, not
+the message, is the truth.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from slimline import jobs
@@ -24,6 +26,7 @@ from slimline.budget import Budget, parse_budget
 from slimline.config import Settings
 from slimline.db import uploads
 from slimline.db.session import session_scope
+from slimline.db.tables import TenantRow
 from slimline.enqueue import RUN_JOB, Enqueuer
 from slimline.errors import InfeasibleBudget, InvalidData, InvalidModel, NotFound, Unavailable
 from slimline.schemas import NAMED_DATASETS, JobSpecIn
@@ -102,6 +105,11 @@ def create_job(
     if not _is_id(spec.model):
         raise NotFound(f"model {spec.model!r} not found", field="model", value=spec.model)
     with session_scope(engine) as s:
+        # One job creation per tenant at a time: the rate limit counts the tenant's jobs after
+        # inserting this one, and without the lock concurrent requests (each not seeing the
+        # others' uncommitted rows) all passed it. Row lock on Postgres; SQLite serializes
+        # writers anyway.
+        s.execute(select(TenantRow.id).where(TenantRow.id == tenant.id).with_for_update())
         model = _model(s, tenant, spec.model)
         dataset_id, data_name = _data(s, tenant, spec.data)
         _check_feasible(budget, model)

@@ -5,6 +5,7 @@ and the header limits, and a populated "world" of two tenants and a revoked key.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -64,11 +65,18 @@ def build_world(api: Api) -> dict[str, Any]:  # noqa: F811
     rel = f"tenants/{owner.id}/jobs/{done}/ckpt.safetensors"
     (api.settings.artifact_dir / rel).parent.mkdir(parents=True)
     (api.settings.artifact_dir / rel).write_bytes(data)
+    report = json.dumps({"layers": [], "pareto": []}).encode()
+    report_rel = f"tenants/{owner.id}/jobs/{done}/report.json"
+    (api.settings.artifact_dir / report_rel).write_bytes(report)
     with session_scope(api.engine) as s:
         artifacts.save_scores(s, done, SCORES)
         art = artifacts.add_artifact(
             s, owner.id, kind="checkpoint", path=rel, bytes=4, sha256=sha256(data), job_id=done
         )
+        artifacts.add_artifact(
+            s, owner.id, kind="report", path=report_rel, bytes=len(report),
+            sha256=sha256(report), job_id=done,
+        )  # fmt: skip
     api.messages()
     return {
         "owner": owner, "other": other,
