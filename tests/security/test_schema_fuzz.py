@@ -3,7 +3,8 @@ real Postgres and Redis: no 5xx, and every response conforms to the schema (stat
 documented, content type, body shape; errors are ``{code, message, field?}``).
 
 Every operation gets positive cases (valid per the schema) and negative cases (invalid per the
-schema, which must be refused with a 4xx). Path parameters are, half of the time, swapped for
+schema, which must be refused with a 4xx). In positive cases path parameters are, most of the
+time, swapped for
 the ids of real records the key's tenant owns (a model, a dataset, a finished job with scores
 and an artifact, a queued job), so the fuzz reaches past the 404 into the handlers; the jobs
 created along the way are then read, followed, cancelled and re-solved by later cases.
@@ -103,7 +104,7 @@ def test_the_api_conforms_to_its_schema_under_fuzz(live: Live) -> None:
         )
         @given(case=op.as_strategy(generation_mode=mode), pick=st.integers(-1, 3))
         def run(case: Any, pick: int) -> None:
-            if pick >= 0:  # else: keep the generated ids
+            if pick >= 0 and mode is GenerationMode.POSITIVE:  # else: keep the generated ids
                 _substitute(case, world, pick)
             response = case.call(
                 base_url=live.base_url, session=session, headers=headers, timeout=STREAM_TIMEOUT_S
@@ -148,3 +149,56 @@ def test_the_api_conforms_to_its_schema_under_fuzz(live: Live) -> None:
             json.dump({**report, "failure_details": failures}, f, indent=1)
     assert total >= len(operations) * 2, report
     assert not failures, f"{len(failures)} of {total} cases failed:\n" + "\n".join(failures[:30])
+
+
+STATEFUL_SCENARIOS = int(os.environ.get("SLIMLINE_FUZZ_SCENARIOS", "20"))
+
+
+@pytest.mark.timeout(600)
+def test_stateful_sequences_conform(live: Live) -> None:
+    """Sequences of calls along the links schemathesis infers from the schema (an upload's
+    id into GET/jobs, a listed job's id into events, cancel, resolve, artifacts, an artifact's
+    id into the download): the same checks at every step, bounded scenarios of 10 steps."""
+    world = build_world(live.api)
+    headers = auth(world["keys"]["right"])
+    live.api.client.post(f"/v1/jobs/{world['queued']}/cancel", headers=headers)
+    raw = live.api.client.get("/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(raw)
+    session = requests.Session()
+    steps: Counter[str] = Counter()
+    failures: list[str] = []
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {
+                "base_url": live.base_url,
+                "session": session,
+                "headers": headers,
+                "timeout": STREAM_TIMEOUT_S,
+            }
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            steps[f"{case.operation.label} {response.status_code}"] += 1
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except (FailureGroup, Failure) as exc:
+                failures.append(f"{case.operation.label} -> {response.status_code}: {exc}"[:800])
+
+    Workflow.run(
+        settings=settings(
+            max_examples=STATEFUL_SCENARIOS,
+            stateful_step_count=10,
+            deadline=None,
+            database=None,
+            derandomize=SEED is None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    report = {"steps": sum(steps.values()), "failures": len(failures), "by": dict(steps)}
+    print(json.dumps(report, indent=1))
+    if os.environ.get("SLIMLINE_FUZZ_REPORT"):
+        with open(os.environ["SLIMLINE_FUZZ_REPORT"] + ".stateful", "w") as f:
+            json.dump({**report, "failure_details": failures}, f, indent=1)
+    assert sum(steps.values()) >= STATEFUL_SCENARIOS, report
+    assert not failures, "\n".join(failures[:20])

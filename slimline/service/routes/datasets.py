@@ -15,6 +15,9 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 _ERRORS: dict[int | str, dict[str, object]] = {
     c: {"model": ErrorOut} for c in (400, 401, 404, 413, 422, 503)
 }
+_SAME: dict[int | str, dict[str, object]] = {
+    200: {"model": DatasetOut, "description": "the same bytes were uploaded before: that record"}
+}
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -32,7 +35,7 @@ _UPLOAD_BODY = {
 }  # fmt: skip
 
 
-@router.post("", status_code=201, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
+@router.post("", status_code=201, responses={**_ERRORS, **_SAME}, openapi_extra=_UPLOAD_BODY)
 async def upload_dataset(
     request: Request,
     response: Response,

@@ -42,7 +42,12 @@ SSE_KEEPALIVE_S = 15.0
 MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT: a larger number is refused (422), not sent
 
 
-@router.post("", status_code=201, responses=_ERRORS)
+_REPLAY: dict[int | str, dict[str, object]] = {
+    200: {"model": JobDetailOut, "description": "a replay of an Idempotency-Key: the first job"}
+}
+
+
+@router.post("", status_code=201, responses={**_ERRORS, **_REPLAY})
 def create_job(
     spec: JobSpecIn,
     response: Response,

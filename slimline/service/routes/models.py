@@ -34,6 +34,12 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     c: {"model": ErrorOut} for c in (400, 401, 404, 413, 422, 503)
 }
 
+_SAME: dict[int | str, dict[str, object]] = {
+    200: {
+        "model": ModelOut,
+        "description": "the same bytes (or zoo name + config) were uploaded before: that record",
+    }
+}
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -110,7 +116,7 @@ async def _record_form(
 
 
 @router.post(
-    "", status_code=201, responses=_ERRORS, openapi_extra=_UPLOAD_BODY,
+    "", status_code=201, responses={**_ERRORS, **_SAME}, openapi_extra=_UPLOAD_BODY,
     summary="Upload a model (streamed; same bytes twice give the same record)",
 )  # fmt: skip
 async def upload_model(
