@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
 import pytest
 import redis
 from celery import Celery
@@ -127,7 +128,22 @@ class Cluster:
     def start_worker(self, wait: bool = True) -> WorkerProcess:
         worker = WorkerProcess(self.app, self.env, self.log_dir)
         self.workers.append(worker)
-        return worker.wait_ready() if wait else worker
+        return self.wait_ready(worker) if wait else worker
+
+    def wait_ready(self, worker: WorkerProcess) -> WorkerProcess:
+        """Until the worker answers a ping (a broker connection that a restart of Redis
+        closed under this process is opened again on the next try)."""
+
+        def answered() -> bool:
+            if worker.proc.poll() is not None:
+                pytest.fail(f"worker exited with {worker.proc.returncode}:\n{worker.log()}")
+            try:
+                return bool(self.app.control.ping(destination=[worker.name], timeout=0.5))
+            except (redis.RedisError, OSError, kombu.exceptions.KombuError):
+                return False
+
+        wait_for(f"worker {worker.name} to answer ping", answered, 90, every_s=0.1)
+        return worker
 
     def live(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w.proc.poll() is None]
@@ -198,7 +214,7 @@ def cluster(
         for _ in range(workers):
             c.start_worker(wait=False)
         for w in c.workers:
-            w.wait_ready()
+            c.wait_ready(w)
         c.start_sweeper()
         yield c
     finally:

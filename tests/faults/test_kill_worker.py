@@ -89,4 +89,4 @@ def test_kill9_in_stage_resumes_on_another_worker_with_the_same_result(
     assert checkpoint_sha(kc.engine, job) == reference
     assert job.metrics is not None and job.metrics["verified"] is True
     assert at_kill[1] in STAGES
-    replacement.wait_ready()
+    kc.wait_ready(replacement)
