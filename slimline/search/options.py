@@ -23,7 +23,10 @@ GRANULARITIES = ("channel", "group", "tensor", "none")
 GROUP_SIZES = (16, 32, 64, 128)
 # Kept fractions offered for unstructured sparsity: dense enough to matter, sparse enough
 # that the position code (not the values) dominates at the low end.
-DENSITIES = (0.5, 0.375, 0.25, 0.1875, 0.125, 0.09375, 0.0625, 0.046875, 0.03125, 0.015625)
+DENSITIES = (
+    0.5, 0.375, 0.25, 0.1875, 0.125, 0.09375, 0.0625, 0.046875, 0.03125, 0.015625,
+    0.01171875, 0.0078125, 0.005859375, 0.00390625,
+)  # fmt: skip
 
 _GRAN_SHORT = {"channel": "ch", "tensor": "t", "none": ""}
 

@@ -30,6 +30,7 @@ from slimline.search.allocation import Allocation, allocate, byte_range, pareto_
 from slimline.search.compressed import CompressedWeight
 from slimline.search.estimators import (
     DamageEstimator,
+    FisherEstimator,
     calibration_mode,
     get_estimator,
     layer_weight,
@@ -48,10 +49,11 @@ SMALL_LAYER_SCALE_SHARE = 0.10
 
 
 def candidate_options(geom: LayerGeometry) -> list[LayerOption]:
-    """The default search space of one layer (about 40-70 options; small layers more).
+    """The default search space of one layer (about 60-110 options; small layers more).
 
     fp16; dense at 2-8 bits; every N:M pattern that fits a row at 2, 3, 4, 6, 8 bits and
-    fp16; unstructured at each of `DENSITIES` (distinct kept counts only) at 2, 3, 4 bits;
+    fp16; unstructured at each of `DENSITIES` (distinct kept counts only) at 2, 3, 4 bits,
+    with one scale per tensor as well where per-channel scales would outweigh 10% of the values;
     removed. Quantized options use per-channel scales; a small layer (see
     `SMALL_LAYER_SCALE_SHARE`) without a folded norm also gets per-tensor variants at 2-4 bits
     (with a folded norm a per-tensor scale becomes per-channel anyway). A plain function:
@@ -73,7 +75,16 @@ def candidate_options(geom: LayerGeometry) -> list[LayerOption]:
         if k >= geom.numel or k in seen:
             continue
         seen.add(k)
-        out += [replace(opt, bits=b) for b in UNSTRUCTURED_BITS]
+        for b in UNSTRUCTURED_BITS:
+            out.append(replace(opt, bits=b))
+            # very sparse: the per-channel scales outweigh a share of the values, so one
+            # scale per tensor is offered too (a folded norm makes it per-channel anyway)
+            if (
+                geom.norm is None
+                and geom.rows > 1
+                and 2 * geom.rows > SMALL_LAYER_SCALE_SHARE * k * b / 8
+            ):
+                out.append(replace(opt, bits=b, granularity="tensor"))
     small = 2 * geom.rows > SMALL_LAYER_SCALE_SHARE * geom.numel * 4 / 8
     if small and geom.norm is None and geom.rows > 1:
         out += [
@@ -82,7 +93,7 @@ def candidate_options(geom: LayerGeometry) -> list[LayerOption]:
             if o.quantized and o.bits in TENSOR_SCALE_BITS
         ]
     out.append(REMOVED)
-    return out
+    return list(dict.fromkeys(out))  # each option once, in order
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,14 +264,55 @@ def score_model(
         for step, geom in enumerate(geoms, start=1):
             w = layer_weight(model, geom).detach().clone()
             opts = list(options(geom))
-            nbytes = np.empty(len(opts), dtype=np.int64)
-            damage = np.empty(len(opts), dtype=np.float64)
-            for j, opt in enumerate(opts):
-                nbytes[j], damage[j] = _score_option(est, geom, w, opt)
+            if isinstance(est, FisherEstimator) and est.measured is not None:
+                nbytes, damage = _score_layer_measuring_far(est, geom, w, opts)
+            else:
+                nbytes = np.empty(len(opts), dtype=np.int64)
+                damage = np.empty(len(opts), dtype=np.float64)
+                for j, opt in enumerate(opts):
+                    nbytes[j], damage[j] = _score_option(est, geom, w, opt)
             out.append(LayerScores(geom.name, opts, nbytes, damage))
             if progress is not None:
                 progress({"step": step, "total": len(geoms)})
     return Scores(out, est.name, [list(g) for g in groups])
+
+
+def _score_layer_measuring_far(
+    est: FisherEstimator, geom: LayerGeometry, w: torch.Tensor, opts: list[LayerOption]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fisher damages, with the options that move the layer far measured — lazily: only those
+    on the layer's bytes-vs-damage front, until the front holds no unmeasured far option. An
+    option off the front cannot be allocated, and measuring only raises a damage, so the
+    result equals measuring every far option (`FisherEstimator.damage`) on what can be
+    chosen, at a fraction of the forward passes."""
+    nbytes = np.empty(len(opts), dtype=np.int64)
+    damage = np.empty(len(opts), dtype=np.float64)
+    far = np.zeros(len(opts), dtype=bool)
+    for j, opt in enumerate(opts):
+        with torch.no_grad():
+            cw = CompressedWeight(opt, w).to(w.device)
+            w_hat = cw(w)
+        nbytes[j] = layer_bytes(opt, geom, mask=cw.mask).total
+        damage[j], far[j] = est.estimate(geom, w, w_hat)
+    while True:
+        todo = [j for j in front_indices(nbytes, damage) if far[j]]
+        if not todo:
+            return nbytes, damage
+        for j in todo:
+            with torch.no_grad():
+                w_hat = CompressedWeight(opts[j], w).to(w.device)(w)
+            damage[j] = max(damage[j], est.measure(geom, w, w_hat))
+            far[j] = False
+
+
+def front_indices(nbytes: np.ndarray, damage: np.ndarray) -> list[int]:
+    """Indices no other option beats on both bytes and damage."""
+    keep, best = [], float("inf")
+    for i in np.lexsort((damage, nbytes)):
+        if damage[i] < best:
+            keep.append(int(i))
+            best = float(damage[i])
+    return keep
 
 
 def _score_option(

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 from slimline.errors import InvalidOption
 from slimline.models.datasets import load_dataset
 from slimline.models.lenet import LeNet5, LeNet5Config
-from slimline.search.accounting import layer_bytes, plan_bytes
+from slimline.search.accounting import kept_count, layer_bytes, plan_bytes
 from slimline.search.compressed import CompressedWeight
 from slimline.search.estimators import (
     FisherEstimator,
@@ -31,7 +31,7 @@ from slimline.search.estimators import (
 from slimline.search.layers import LayerGeometry, find_layers
 from slimline.search.options import FP16, REMOVED, LayerOption
 from slimline.search.position_codes import position_stream_bytes
-from slimline.search.scoring import Scores, candidate_options, score_model
+from slimline.search.scoring import Scores, candidate_options, front_indices, score_model
 from slimline.search.training import TrainConfig, evaluate, train
 
 DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -119,10 +119,15 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 def test_candidate_options_of_a_big_layer() -> None:
     geom = LayerGeometry("fc", "linear", (500, 800), has_bias=True)
     opts = candidate_options(geom)
-    assert 40 <= len(opts) <= 70
+    assert 60 <= len(opts) <= 120
     assert len(set(opts)) == len(opts)
     assert opts[0] == FP16 and opts[-1] == REMOVED
-    assert {o.granularity for o in opts} == {"none", "channel"}
+    assert {o.granularity for o in opts} == {"none", "channel", "tensor"}
+    # one scale per tensor only where 500 fp16 scales would outweigh 10% of the values
+    for o in opts:
+        if o.granularity == "tensor":
+            kept = kept_count(o, 500, 800)
+            assert o.sparsity == "unstructured" and 0.1 * kept * o.bits / 8 < 1000, o
     kinds = {(o.sparsity, o.n, o.m) for o in opts}
     assert ("nm", 2, 4) in kinds and ("nm", 4, 8) in kinds and ("unstructured", 0, 0) in kinds
     assert all(layer_bytes(o, geom).total > 0 for o in opts)
@@ -138,8 +143,10 @@ def test_small_layers_also_get_per_tensor_scales_unless_a_norm_is_folded() -> No
 
 
 # ------------------------------------------------------------------- one calibration pass
-@pytest.mark.parametrize("estimator", ["fisher", "hessian"])
+@pytest.mark.parametrize("estimator", ["fisher-quadratic", "hessian"])
 def test_scoring_runs_the_model_batches_times_whatever_the_options(mnist, estimator) -> None:
+    """The calibration pass is one pass (the Fisher estimator's measurement of far options
+    aside: `test_far_options_on_the_front_are_measured`)."""
     model = small_mlp()
     geoms = find_layers(model)
     calls = []
@@ -147,7 +154,8 @@ def test_scoring_runs_the_model_batches_times_whatever_the_options(mnist, estima
     counts = []
     for options in (few_options, candidate_options):
         calls.clear()
-        s = score_model(model, geoms, mnist, estimator=estimator, options=options, batches=3)
+        est = FisherEstimator(measure_above=0) if estimator == "fisher-quadratic" else estimator
+        s = score_model(model, geoms, mnist, estimator=est, options=options, batches=3)
         counts.append(len(calls))
         assert sum(len(ls.options) for ls in s.layers) == sum(len(options(g)) for g in geoms)
     assert counts == [3, 3]
@@ -157,10 +165,11 @@ def test_scores_are_exact_bytes_and_damage_of_the_compressed_weight(mnist) -> No
     model = small_mlp()
     geoms = find_layers(model)
     progress = []
-    s = score_model(model, geoms, mnist, batches=2, progress=progress.append)
+    quadratic = FisherEstimator(measure_above=0)
+    s = score_model(model, geoms, mnist, estimator=quadratic, batches=2, progress=progress.append)
     assert progress == [{"step": i, "total": 4} for i in range(1, 5)]
     assert s.estimator == "fisher"
-    est = FisherEstimator()
+    est = FisherEstimator(measure_above=0)
     est.prepare(model, geoms, mnist, batches=2)
     for g, ls in zip(geoms, s.layers, strict=True):
         w = model.get_submodule(g.name).weight.detach()
@@ -200,7 +209,7 @@ def test_graph_modules_score_like_their_eager_model(mnist, tmp_path: Path) -> No
     gm.register_forward_pre_hook(lambda *_: calls.append(1))
     before = snapshot(gm)
     s_graph = score_model(gm, find_layers(gm), mnist, options=candidate_options, batches=2)
-    assert len(calls) == 2
+    assert len(calls) >= 2  # the calibration pass, then the far options measured
     assert_unchanged(gm, before)
     s_eager = score_model(eager, find_layers(eager), mnist, options=candidate_options, batches=2)
     for a, b in zip(s_graph.layers, s_eager.layers, strict=True):
@@ -390,3 +399,32 @@ def test_fisher_damage_ranks_options_like_the_measured_loss_on_lenet5(mnist, one
         rho[g.name] = spearmanr(est, real).statistic
     print("Spearman(fisher, measured loss increase) per layer:", rho)
     assert all(r >= 0.8 for r in rho.values()), rho
+
+
+def test_far_options_on_the_front_are_measured(mnist) -> None:
+    """Options that move a layer far are rated by what they measurably cost where the
+    allocator could pick them: on each layer's bytes-vs-damage front every far option's
+    damage is the estimator's full `damage` (max of Fisher and twice the measured loss
+    increase); elsewhere it is at least the Fisher estimate. Removing a layer is far."""
+    model = small_mlp()
+    geoms = find_layers(model)
+    s = score_model(model, geoms, mnist, batches=2)
+    est, quad = FisherEstimator(), FisherEstimator(measure_above=0)
+    est.prepare(model, geoms, mnist, batches=2)
+    quad.prepare(model, geoms, mnist, batches=2)
+    for g, ls in zip(geoms, s.layers, strict=True):
+        w = model.get_submodule(g.name).weight.detach()
+        front = set(front_indices(ls.bytes, ls.damage))
+        for j, opt in enumerate(ls.options):
+            with torch.no_grad():
+                w_hat = CompressedWeight(opt, w)(w)
+            fisher = quad.damage(g, w, w_hat)
+            assert ls.damage[j] >= fisher * (1 - 1e-9)
+            _, far = est.estimate(g, w, w_hat)
+            if far and j in front:
+                assert ls.damage[j] == pytest.approx(est.damage(g, w, w_hat), rel=1e-6)
+        removed = ls.options.index(REMOVED)  # the fewest bytes: always on the front
+        zeros = torch.zeros_like(w)
+        assert est.estimate(g, w, zeros)[1], "removing a layer is far"
+        assert ls.damage[removed] == pytest.approx(est.damage(g, w, zeros), rel=1e-6)
+        assert ls.damage[removed] >= quad.damage(g, w, zeros) * (1 - 1e-9)

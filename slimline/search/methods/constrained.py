@@ -35,6 +35,7 @@ from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
 from slimline.search.scoring import Scores, score_model
 from slimline.search.settings import MethodSettings
+from slimline.search.slope import distillation_loss
 from slimline.search.train_checkpoint import load_checkpoint, save_checkpoint
 from slimline.search.training import (
     Checkpointing,
@@ -101,10 +102,10 @@ class ConstrainedMethod(SearchMethod):
 
     # --------------------------------------------------------------- fine-tune
     def finetune(self, ctx: SearchContext, plan: Plan, cfg: TrainConfig) -> Plan:
-        """ADMM with periodic exact re-projection, then SLOPE fine-tuning with the last plan
-        frozen. With ``ctx.checkpoint_dir`` both phases checkpoint and resume: the ADMM phase
-        in ``admm/``, its outcome (final plan and weights) in ``admm-done/``, SLOPE in
-        ``slope/``."""
+        """ADMM with periodic exact re-projection (with the fine-tuning settings'
+        distillation), then SLOPE fine-tuning with the last plan frozen. With
+        ``ctx.checkpoint_dir`` both phases checkpoint and resume: the ADMM phase in ``admm/``,
+        its outcome (final plan and weights) in ``admm-done/``, SLOPE in ``slope/``."""
         s = self.settings
         total = cfg.steps(len(ctx.data.x_train))
         admm_steps = int(total * s.admm_fraction) if s.projections > 0 and cfg.epochs > 0 else 0
@@ -148,9 +149,20 @@ class ConstrainedMethod(SearchMethod):
         # makes each re-projection several times cheaper.
         restrict = efficient_options(self.last_scores) if self.last_scores is not None else None
 
+        ft, teacher = ctx.finetune, ctx.teacher if ctx.finetune.distill > 0 else None
+        if teacher is not None:
+            teacher.to(ctx.device)
+            set_training_mode(teacher, False)
+
         def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             penalty = torch.stack([((weights[n] - v[n] + u[n]) ** 2).sum() for n in weights]).sum()
-            return task_loss(ctx.data.task, logits, y) + 0.5 * rho * penalty
+            loss = task_loss(ctx.data.task, logits, y)
+            if teacher is not None:  # SLOPE's distillation holds here too
+                with torch.no_grad():
+                    target = teacher(x)
+                soft = distillation_loss(logits, target, ft.temperature)
+                loss = (1 - ft.distill) * loss + ft.distill * soft
+            return loss + 0.5 * rho * penalty
 
         def project(step: int) -> None:
             if step % every or step // every > self.settings.projections:
