@@ -36,7 +36,31 @@ def _bad(message: str, field: str, value: Any) -> InvalidData:
     return InvalidData(message, field=field, value=value)
 
 
+# An archive may unpack to at most this many times its size once past EXPANSION_FLOOR bytes:
+# np.savez stores members as they are, np.savez_compressed gets a few times on real data, a
+# zip bomb a thousand (the API refuses those at upload; this is the worker's own check).
+MAX_EXPANSION_RATIO = 100
+EXPANSION_FLOOR = 64 * 1024**2
+
+
+def _check_expansion(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            expanded = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # np.load reports it
+    size = max(path.stat().st_size, 1)
+    if expanded > EXPANSION_FLOOR and expanded > MAX_EXPANSION_RATIO * size:
+        raise _bad(
+            f"{path} unpacks to {expanded} bytes from {size} (over {MAX_EXPANSION_RATIO}:1): "
+            "refused as a zip bomb; save it with numpy.savez",
+            "data",
+            expanded,
+        )
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    _check_expansion(path)
     try:
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
@@ -57,7 +81,12 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         for key in npz.files:
             try:
                 out[key] = npz[key]
-            except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+            except ValueError as e:
+                if "allow_pickle" not in str(e):  # e.g. "EOF: reading array data, expected"
+                    raise _bad(
+                        f"{path}: array {key!r} is truncated or corrupt ({e})", key, str(path)
+                    ) from e
+                # "Object arrays cannot be loaded when allow_pickle=False"
                 raise _bad(
                     f"{path}: array {key!r} is an object (pickled) array, which is refused "
                     f"because unpickling can run code ({e}); store numeric arrays only",
