@@ -73,7 +73,9 @@ def refused(r: httpx.Response, what: str, *, status: int, field: str, needle: st
 
 
 def nothing_stored(api: Api, canary: Path) -> None:
+    # the whole data dir (the artifact store, its temp area and anything beside them) is empty
     assert files_under(api.settings.artifact_dir) == []
+    assert files_under(canary.parent) == []
     assert not canary.exists(), "a pickle was loaded"
     assert api.messages() == []  # nothing was sent to a worker either
 
