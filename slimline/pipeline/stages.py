@@ -45,6 +45,7 @@ from slimline.search.layers import LayerGeometry, find_layers
 from slimline.search.masks import option_mask
 from slimline.search.methods import SearchContext, get_method
 from slimline.search.options import REMOVED, Plan
+from slimline.search.scoring import Scores
 from slimline.search.settings import FinetuneSettings
 from slimline.search.training import TrainConfig, evaluate, pick_device
 
@@ -268,6 +269,8 @@ def finetune(state: JobState, progress: StageProgress) -> None:
     assert state.model is not None and state.plan is not None
     state.dense_model = copy.deepcopy(state.model)
     method = get_method(state.spec.method, state.spec.method_settings)
+    if state.scores is not None:  # the plan stage's scoring (ADMM re-scores its front only)
+        method.last_scores = Scores.from_dict(state.scores)
     torch.manual_seed(state.spec.seed)
     ctx = search_context(state, "fine-tune", progress)
     state.plan = method.finetune(ctx, state.plan, finetune_config(state))

@@ -94,6 +94,11 @@ class FisherEstimator(DamageEstimator):
         self.fisher: dict[str, torch.Tensor] = {}
         self.measure_above = measure_above
         self.measured = LossDeltaEstimator(examples=measure_examples) if measure_above else None
+        # (layer, option) -> measured damage / Fisher estimate, from the passes that measured;
+        # with ``reuse_measurements`` later passes (ADMM re-projections, a few hundred steps
+        # on) scale the Fisher estimate by it instead of running the model again
+        self.ratios: dict[tuple[str, str], float] = {}
+        self.reuse_measurements = False
 
     def prepare(
         self,

@@ -284,7 +284,9 @@ def _score_layer_measuring_far(
     on the layer's bytes-vs-damage front, until the front holds no unmeasured far option. An
     option off the front cannot be allocated, and measuring only raises a damage, so the
     result equals measuring every far option (`FisherEstimator.damage`) on what can be
-    chosen, at a fraction of the forward passes."""
+    chosen, at a fraction of the forward passes. With ``est.reuse_measurements`` an option
+    measured in an earlier pass is not run again: its Fisher estimate is scaled by the ratio
+    measured then."""
     nbytes = np.empty(len(opts), dtype=np.int64)
     damage = np.empty(len(opts), dtype=np.float64)
     far = np.zeros(len(opts), dtype=bool)
@@ -294,6 +296,12 @@ def _score_layer_measuring_far(
             w_hat = cw(w)
         nbytes[j] = layer_bytes(opt, geom, mask=cw.mask).total
         damage[j], far[j] = est.estimate(geom, w, w_hat)
+    if est.reuse_measurements:
+        for j, opt in enumerate(opts):
+            ratio = est.ratios.get((geom.name, opt.to_str()))
+            if far[j] and ratio is not None:
+                damage[j] *= ratio
+                far[j] = False
     while True:
         todo = [j for j in front_indices(nbytes, damage) if far[j]]
         if not todo:
@@ -301,7 +309,9 @@ def _score_layer_measuring_far(
         for j in todo:
             with torch.no_grad():
                 w_hat = CompressedWeight(opts[j], w).to(w.device)(w)
-            damage[j] = max(damage[j], est.measure(geom, w, w_hat))
+            fisher = damage[j]
+            damage[j] = max(fisher, est.measure(geom, w, w_hat))
+            est.ratios[(geom.name, opts[j].to_str())] = damage[j] / max(fisher, 1e-30)
             far[j] = False
 
 

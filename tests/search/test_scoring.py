@@ -428,3 +428,20 @@ def test_far_options_on_the_front_are_measured(mnist) -> None:
         assert est.estimate(g, w, zeros)[1], "removing a layer is far"
         assert ls.damage[removed] == pytest.approx(est.damage(g, w, zeros), rel=1e-6)
         assert ls.damage[removed] >= quad.damage(g, w, zeros) * (1 - 1e-9)
+
+
+def test_a_second_pass_reuses_the_measurements_of_the_first(mnist) -> None:
+    """ADMM re-projections re-score a few hundred steps on: far options measured before are
+    scaled by the ratio measured then instead of being run again."""
+    model = small_mlp()
+    geoms = find_layers(model)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    est = FisherEstimator()
+    first = score_model(model, geoms, mnist, estimator=est, batches=2)
+    n_first, calls[:] = len(calls), []
+    est.reuse_measurements = True
+    second = score_model(model, geoms, mnist, estimator=est, batches=2)
+    assert est.ratios and len(calls) < n_first
+    for a, b in zip(first.layers, second.layers, strict=True):
+        assert np.allclose(a.damage, b.damage, rtol=1e-9)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from slimline.search.compressed import CompressedWeight
+from slimline.search.estimators import DamageEstimator, FisherEstimator, get_estimator
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
 from slimline.search.scoring import Scores, score_model
@@ -62,6 +63,7 @@ class ConstrainedMethod(SearchMethod):
     name = "constrained"
     settings_cls = ConstrainedSettings
     settings: ConstrainedSettings
+    _estimator: DamageEstimator | None = None  # one per run: it keeps what it measured
 
     # ------------------------------------------------------------------ search
     def _score(
@@ -71,11 +73,16 @@ class ConstrainedMethod(SearchMethod):
         s = self.settings
         t0 = time.perf_counter()
         kw: dict[str, Any] = {} if restrict is None else {"options": lambda g: restrict[g.name]}
+        if self._estimator is None:
+            self._estimator = get_estimator(s.estimator)
+        elif isinstance(self._estimator, FisherEstimator):
+            # re-projections: options measured in the first pass are not run again
+            self._estimator.reuse_measurements = True
         scores = score_model(
             model,
             ctx.geoms,
             ctx.data,
-            estimator=s.estimator,
+            estimator=self._estimator,
             batches=s.calibration_batches,
             batch_size=s.calibration_batch_size,
             device=ctx.device,
