@@ -143,22 +143,69 @@ def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
 
 
-def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
+SECURITY_SCHEMES = {
+    "apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key: `Authorization: Bearer <key>` (`slimline keys create`)",
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "slimline_session",
+        "description": "the dashboard's session cookie (POST /v1/session); a request that "
+        "changes something must also send `X-Requested-With`",
+    },
+}
+
+
+def _needs_key(dependant: Any) -> bool:
+    stack = [dependant]
+    while stack:
+        d = stack.pop()
+        if getattr(getattr(d, "call", None), "__name__", "") == "get_tenant":
+            return True
+        stack.extend(getattr(d, "dependencies", ()))
+    return False
+
+
+def keyed_operations(app: FastAPI) -> set[tuple[str, str]]:
+    """(method, path) of every route that reads the caller's key (depends on ``get_tenant``)."""
+    out: set[tuple[str, str]] = set()
+    for route in app.routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        pairs = [(c.original_route, c.path) for c in contexts()] if contexts else [(route, "")]
+        for r, path in pairs:
+            if _needs_key(getattr(r, "dependant", None)):
+                for method in getattr(r, "methods", ()) or ():
+                    out.add((method.lower(), path or getattr(r, "path", "")))
+    return out
+
+
+def document_errors(
+    spec: dict[str, Any], keyed: set[tuple[str, str]] | None = None
+) -> dict[str, Any]:
     """The OpenAPI document as the handler answers: FastAPI's default 422 body
     (``HTTPValidationError``) is never sent, ``ErrorOut`` is; an operation with a request body
     can answer 400 (a body that is not JSON, or not a readable form); one that takes a key
-    can answer 503 (the database is down)."""
+    (``keyed``) says so (bearer key or session cookie) and can answer 401 and 503."""
     from slimline.schemas import ErrorOut
 
+    keyed = keyed or set()
+    if keyed:
+        spec.setdefault("components", {}).setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault(
         "ErrorOut", ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
     )
-    for ops in spec.get("paths", {}).values():
-        for op in ops.values():
+    for path, ops in spec.get("paths", {}).items():
+        for method, op in ops.items():
             if not isinstance(op, dict) or "responses" not in op:
                 continue
             responses = op["responses"]
+            if (method, path) in keyed:
+                op.setdefault("security", [{"apiKey": []}, {"session": []}])
+                responses.setdefault("401", _error_response("Unauthorized"))
             for status, resp in list(responses.items()):
                 schema = resp.get("content", {}).get("application/json", {}).get("schema", {})
                 if schema.get("$ref", "").endswith("/HTTPValidationError"):
@@ -181,7 +228,7 @@ def install_error_handler(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_errors(build())
+            app.openapi_schema = document_errors(build(), keyed_operations(app))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -292,3 +292,17 @@ def test_a_new_route_is_caught_by_the_enumeration(api: Api) -> None:
     new = set(app_routes(app)) - set(ACCESS)
     assert new == {("GET", "/v1/new/{thing_id}"), ("DELETE", "/v1/new/{thing_id}"),
                    ("PUT", "/v1/plain")}  # fmt: skip
+
+
+def test_the_openapi_document_says_which_routes_need_a_key(api: Api) -> None:
+    """The schema's ``security`` is the access table's ``api`` kind, route for route."""
+    spec = api.client.get("/openapi.json").json()
+    documented = {
+        (method.upper(), path)
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if op.get("security")
+    }
+    needs_key = {route for route, rule in ACCESS.items() if rule.kind == "api"}
+    assert documented == needs_key
+    assert set(spec["components"]["securitySchemes"]) == {"apiKey", "session"}
