@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         workers = [Worker(env, workdir) for _ in range(args.workers)]
         app = celery_app(settings)
-        sweeper = SweepTimer(lambda j: send_run_job(app, j), settings, engine, 1.0)
+        sweeper = SweepTimer.from_settings(lambda j: send_run_job(app, j), settings, engine)
         sweeper.start()
         api = Api(settings)
         client = httpx.Client(base_url=api.url, timeout=60)

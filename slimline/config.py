@@ -76,9 +76,8 @@ class Settings(BaseSettings):
     worker_write_attempts: int = Field(default=10, ge=1)
     worker_write_backoff_s: float = Field(default=0.25, ge=0)
     worker_write_max_wait_s: float = Field(default=5.0, ge=0)
-    # How often a sweep timer (the embedded server's, or one started with
-    # ``worker.sweeper.SweepTimer.from_settings``) runs the sweeper, seconds; None = derived
-    # from ``heartbeat_s`` (``max(5, heartbeat_s / 2)``).
+    # How often a sweep timer made by ``worker.sweeper.SweepTimer.from_settings`` runs the
+    # sweeper, seconds; None = ``max(5, heartbeat_s / 2)``.
     sweep_interval_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="before")

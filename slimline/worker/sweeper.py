@@ -49,6 +49,12 @@ def sweep_and_send(send_job: SendJob, settings: Settings, engine: Engine) -> job
     return result
 
 
+def sweep_interval_s(settings: Settings) -> float:
+    """How often a sweep timer runs: ``settings.sweep_interval_s``, else half a heartbeat
+    interval but at least 5 s."""
+    return settings.sweep_interval_s or max(5.0, settings.heartbeat_s / 2)
+
+
 class SweepTimer:
     """Calls ``sweep_and_send`` every ``interval_s`` on a daemon thread (the embedded server
     has no beat). Errors are logged and the next tick tries again."""
@@ -60,6 +66,11 @@ class SweepTimer:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="slimline-sweep", daemon=True)
+
+    @classmethod
+    def from_settings(cls, send_job: SendJob, settings: Settings, engine: Engine) -> SweepTimer:
+        """A timer every ``settings.sweep_interval_s`` (default ``max(5, heartbeat_s / 2)``)."""
+        return cls(send_job, settings, engine, sweep_interval_s(settings))
 
     def start(self) -> None:
         self._thread.start()

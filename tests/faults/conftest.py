@@ -156,11 +156,9 @@ class Cluster:
         return worker
 
     def start_sweeper(self) -> None:
-        interval = self.settings.sweep_interval_s or 0.5
-        engine = self.engine
-        self.sweeper = SweepTimer(
-            lambda job_id: send_run_job(self.app, job_id), self.settings, engine, interval
-        )
+        """celery beat's part: sweep every ``settings.sweep_interval_s``."""
+        send = lambda job_id: send_run_job(self.app, job_id)  # noqa: E731
+        self.sweeper = SweepTimer.from_settings(send, self.settings, self.engine)
         self.sweeper.start()
 
     def logs(self) -> str:
