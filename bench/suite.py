@@ -153,6 +153,7 @@ class Cell:
     threads: int | None = None
     weights: str | None = None  # dense weights (--dense-steps); None: the shared cache
     seed: int = 0
+    verbose: bool = False  # print each stage's start and end (long cells)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -211,8 +212,14 @@ def run_cell(cell: Cell) -> dict[str, Any]:
             max_steps=cell.max_steps if cell.train else None,
             finetune=dict(cell.finetune),
         )
+
+        def progress(stage: str, event: dict[str, Any]) -> None:
+            if cell.verbose and event.get("event") in ("start", "end"):
+                took = f" ({event['seconds']:.1f} s)" if "seconds" in event else ""
+                print(f"  {cell.task} {cell.key}: {stage} {event['event']}{took}", flush=True)
+
         try:
-            report = build_report(run_job(spec))
+            report = build_report(run_job(spec, progress))
         except InfeasibleBudget as exc:
             row.update(status="infeasible", error=exc.message)
             return row
@@ -538,6 +545,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--cell-timeout", type=float, default=3600.0, help="seconds per cell")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true", help="print every stage of a cell")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks = args.tasks or QUICK["tasks"]
@@ -604,6 +612,7 @@ def make_cells(
             threads=args.threads,
             weights=weights,
             seed=args.seed,
+            verbose=args.verbose,
         )
         for ratio in budgets
         for m in methods
