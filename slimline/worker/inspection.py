@@ -29,7 +29,34 @@ log = logging.getLogger(__name__)
 KINDS = ("model", "dataset")
 
 
-def model_facts(record: uploads.ModelRecord, artifact_dir: Path, max_layers: int) -> dict[str, Any]:
+MAX_EXPANSION = 4  # x the upload limit: the API's cap (service.file_checks), checked again here
+
+
+def refuse_zip_bomb(path: Path, max_bytes: int) -> None:
+    """An archive whose members declare more than ``max_bytes`` unpacked is refused before
+    any reader (torch's included) inflates it; read from the central directory only."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            expanded = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip: the loader says what it is
+    if expanded > max_bytes:
+        raise InvalidModel(
+            f"the archive unpacks to {expanded} bytes, more than {max_bytes}: refused as a "
+            "zip bomb",
+            field="model",
+            value=expanded,
+        )
+
+
+def model_facts(
+    record: uploads.ModelRecord,
+    artifact_dir: Path,
+    max_layers: int,
+    max_unpacked: int | None = None,
+) -> dict[str, Any]:
     """Layers, dense bytes and smallest reachable bytes of an uploaded model."""
     from slimline.budget import Budget
     from slimline.pipeline.sources import ModelSource, build_skeleton
@@ -56,6 +83,8 @@ def model_facts(record: uploads.ModelRecord, artifact_dir: Path, max_layers: int
             model = build_model(record.zoo_name, config)
         src = ModelSource(zoo=record.zoo_name, config=config)
     else:
+        if max_unpacked is not None:
+            refuse_zip_bomb(path, max_unpacked)
         src = ModelSource(program=path)
         model = build_skeleton(src)
     geoms = find_layers(model)
@@ -121,7 +150,8 @@ def inspect_upload(settings: Settings, engine: Engine, kind: str, record_id: str
     error: dict[str, Any] | None = None
     try:
         if isinstance(record, uploads.ModelRecord):
-            facts = model_facts(record, artifact_dir, settings.max_layers)
+            cap = MAX_EXPANSION * settings.max_upload_bytes
+            facts = model_facts(record, artifact_dir, settings.max_layers, cap)
         else:
             facts = {"summary": dataset_summary(record, artifact_dir)}
     except Unavailable:

@@ -17,6 +17,7 @@ from torch import nn
 from slimline.errors import InvalidData, InvalidModel
 from slimline.models.dataset_files import read_upload
 from slimline.service import file_checks
+from tests.security.conftest import api, user  # noqa: F401 - fixtures
 
 DEFAULT_UPLOAD = 512 * 1024**2  # Settings.max_upload_bytes' default
 
@@ -116,3 +117,28 @@ def test_the_worker_says_truncated_not_pickled_for_a_lying_header(tmp_path: Path
         read_upload(path)
     assert "truncated or corrupt" in info.value.message and info.value.field == "x_train"
     assert "pickled" not in info.value.message
+
+
+def test_the_worker_inspection_refuses_a_pt2_bomb_that_got_past_the_api(api, user) -> None:  # noqa: F811
+    """Defense in depth: a bomb recorded without the API's check (an older upload, a bug) is
+    marked invalid by the real inspection before torch inflates anything."""
+    from slimline.db import uploads
+    from slimline.db.session import session_scope
+    from slimline.worker.inspection import inspect_upload
+    from tests.service.conftest import sha256
+
+    tenant, _ = user
+    rel = f"tenants/{tenant.id}/models/bomb.pt2"
+    path = api.settings.artifact_dir / rel
+    path.parent.mkdir(parents=True)
+    _bomb(path, "m/data/weights/w0", 8 * 1024**2)  # 8 MiB unpacked, past 4 x 256 KiB
+    data = path.read_bytes()
+    with session_scope(api.engine) as s:
+        rec, _ = uploads.add_model(
+            s, tenant.id, sha256=sha256(data), kind="pt2", filename="m.pt2", path=rel,
+            bytes=len(data),
+        )  # fmt: skip
+    assert inspect_upload(api.settings, api.engine, "model", rec.id) == "invalid"
+    with session_scope(api.engine) as s:
+        error = uploads.get_model(s, tenant.id, rec.id).error
+    assert error is not None and "zip bomb" in error["message"] and error["field"] == "model"
