@@ -461,8 +461,14 @@ def render_markdown(doc: dict[str, Any], title: str) -> str:
         f"{meta['threads'] or 'default'} torch thread(s); {meta['machine']}, "
         f"{meta['cpus']} CPUs"
         + (f"; wall time {meta['wall_seconds']:.0f} s" if meta.get("wall_seconds") else ""),
-        "",
     ]
+    if meta["kind"] == "ablation":
+        parts += [
+            f"- {label}: method {m['method']}, finetune "
+            + (json.dumps(m["finetune"]) if m["finetune"] else "{} (slimline's defaults)")
+            for label, m in meta["method_settings"].items()
+        ]
+    parts.append("")
     order = meta["methods"]
     for task in meta["tasks"]:
         rows = [r for r in doc["cells"] if r["task"] == task]
@@ -659,7 +665,7 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None = None) -> list[P
             (f"{args.epochs:g} epochs, " if args.epochs is not None else "the recipe's epochs, ")
             + "at most "
             + ", ".join(f"{s} steps ({t})" for t, s in steps.items())
-            + " (uniform-ptq: none)"
+            + (" (uniform-ptq: none)" if "uniform-ptq" in args.methods else "")
         )
         doc: dict[str, Any] = {"meta": meta, "cells": []}
         if args.resume:
