@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,10 +261,3 @@ def checkpoint_sha(engine: Engine, job: jobs.Job) -> str:
 
 def status_events(engine: Engine, job_id: str) -> list[str]:
     return [e.data["status"] for e in events(engine, job_id) if e.kind == "status" and e.data]
-
-
-@pytest.fixture(scope="package")
-def fault_time() -> Iterator[None]:
-    t0 = time.monotonic()
-    yield
-    print(f"\nfault tests: {time.monotonic() - t0:.1f}s")
