@@ -252,6 +252,10 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         max_abs_diff=report["verify"].get("max_abs_diff"),
         search_seconds=t.get("plan", 0.0),
         finetune_seconds=t.get("fine-tune", 0.0),
+        # every scoring pass and knapsack solve, the plan stage's and those inside fine-tuning
+        # (ADMM re-projections): the search's whole cost
+        scores_seconds=report.get("scores_seconds"),
+        allocation_seconds=report.get("allocation_seconds"),
         total_seconds=report["total_seconds"],  # the job's stages, inspect to verify
         child_seconds=row["total_seconds"],  # the job + imports and the report
         timings=t,
