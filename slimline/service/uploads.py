@@ -47,6 +47,14 @@ def store_file(store: ArtifactStore, tenant: Tenant, what: str, f: ReceivedFile,
     return rel
 
 
+def check_zoo_name(name: str) -> str:
+    """The zoo model's name, stripped; ``InvalidModel`` naming ``name`` unless well-formed."""
+    name = name.strip()
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+        raise InvalidModel(f"zoo name {name[:80]!r} is not a valid model name", field="name")
+    return name  # an unknown one is recorded and refused by the inspection (with the list)
+
+
 def zoo_config(form_fields: dict[str, str]) -> dict[str, Any]:
     """The zoo ``config`` form field: a JSON object of bounded depth (default ``{}``)."""
     config = file_checks.load_json_text(
@@ -80,9 +88,7 @@ def check_model(
             )
         file_checks.check_pt2(f.path, f.head, f.filename, size=f.size, max_upload=max_upload)
         return "pt2", None, None
-    name = name.strip()
-    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
-        raise InvalidModel(f"zoo name {name!r} is not a valid model name", field="name")
+    name = check_zoo_name(name)
     if ext != ".safetensors":
         raise InvalidModel(
             f"file {f.filename!r}: a zoo model's weights must be a .safetensors file",

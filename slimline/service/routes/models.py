@@ -75,9 +75,7 @@ def _zoo_fields(fields: dict[str, str]) -> tuple[str, dict[str, Any]]:
             f"unexpected form fields {unknown}; expected file, and name + config for a zoo model",
             field=unknown[0],
         )
-    name = fields.get("name", "").strip()
-    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
-        raise InvalidModel(f"zoo name {name!r} is not a valid model name", field="name")
+    name = upload_service.check_zoo_name(fields.get("name", ""))
     return name, upload_service.zoo_config(fields)
 
 
