@@ -601,11 +601,13 @@ def _load_resume(stem: Path, name: str, results: Path, explicit_date: bool) -> d
 
 def make_cells(
     task: str, budgets: list[float], methods: list[Method], args: argparse.Namespace,
-    weights: str | None,
+    weights: str | None, run: str = "cells",
 ) -> list[Cell]:  # fmt: skip
+    """The cells of ``task``; their files go to .work/cells/``run``-<pid>/ (runs side by side
+    never share a file)."""
     t = TASKS[task]
     max_steps = args.max_steps if args.max_steps is not None else t.finetune_steps
-    out_dir = WORK / "cells"
+    out_dir = WORK / "cells" / f"{run}-{os.getpid()}"
     return [
         Cell(
             task=task,
@@ -725,7 +727,7 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None = None) -> list[P
             )
             done = {(c["task"], c["method"], c["ratio_target"]) for c in doc["cells"]}
             lang = TASKS[task].data == "pycode"
-            for cell in make_cells(task, budgets, methods, args, dense.get("weights")):
+            for cell in make_cells(task, budgets, methods, args, dense.get("weights"), name):
                 if (task, cell.method, cell.ratio) in done:
                     continue
                 t0 = time.perf_counter()
