@@ -354,7 +354,8 @@ def _finish(
     report["checkpoint"] = checkpoint.relative_to(artifacts).as_posix()
     report["stopped_early"] = "time_limit" if timed_out else None
     report_path = directory / REPORT_NAME
-    tmp = report_path.with_name(REPORT_NAME + ".tmp")
+    # A temp name of this process's own: a worker presumed dead may still be writing here.
+    tmp = report_path.with_name(f".{REPORT_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(report, indent=1, default=str))
     _fsync(tmp)
     os.replace(tmp, report_path)
