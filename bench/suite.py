@@ -11,6 +11,8 @@ Commands (run from the repository root; data from ../shared/data unless --data-r
         --max-steps 300 --threads 1
     python -m bench.suite --ablation              # lenet5 + bytegpt at 32x: SLOPE parts removed
     python -m bench.suite --ablation --tasks lenet5 --max-steps 100
+    python -m bench.suite --tasks bytegpt --budgets 16 --max-steps 3 --dense-steps 20 \\
+        --results /tmp/bg -v                      # the bytegpt code path in minutes, not hours
 
 Tasks: lenet5, lenet300 (MNIST), bytegpt (pycode), digits (scikit-learn digits, smoke only).
 Budgets: 8x 16x 24x 32x for every task, and 64x 128x 256x for the MNIST tasks.
@@ -25,6 +27,9 @@ Every method gets the same fine-tuning steps: ``--max-steps`` (default: the task
 ``$SLIMLINE_CACHE_DIR``, else bench/results/.work/cache). ``--dense-steps N`` trains a shorter
 dense model instead (its own hash) for trying the code path quickly; the suite's numbers use the
 shared recipe.
+
+The optuna method's search trains too (its proxy: ``trials`` x ``proxy_steps`` QAT steps on
+copies); those steps are part of its search seconds, not of the fine-tuning budget.
 
 Each cell runs in its own spawned child process (its peak RSS is the cell's peak memory); a cell
 that cannot reach its budget is recorded ``infeasible``, one that crashes is recorded ``error``
