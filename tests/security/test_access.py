@@ -306,3 +306,22 @@ def test_the_openapi_document_says_which_routes_need_a_key(api: Api) -> None:
     needs_key = {route for route, rule in ACCESS.items() if rule.kind == "api"}
     assert documented == needs_key
     assert set(spec["components"]["securitySchemes"]) == {"apiKey", "session"}
+
+
+def test_an_idempotency_key_is_per_tenant(api: Api, world: dict[str, Any]) -> None:
+    """Another tenant replaying the owner's Idempotency-Key gets its own job (or its own
+    refusal), never the owner's job back."""
+    owner, other = auth(world["keys"]["right"]), auth(world["keys"]["other"])
+    key = {"Idempotency-Key": "shared-key-1"}
+    first = api.client.post("/v1/jobs", headers=owner | key, json=_job(world))
+    assert first.status_code == 201, first.text
+    theirs = api.client.post(
+        "/v1/models", headers=other, files={"file": ("m.pt2", pt2_bytes("their own"))}
+    ).json()["id"]
+    replay = api.client.post(
+        "/v1/jobs", headers=other | key, json={**SPEC, "model": theirs, "seed": 5}
+    )
+    assert replay.status_code == 201 and replay.json()["id"] != first.json()["id"], replay.text
+    # and the owner's model id under the owner's key, sent by the other tenant: not found
+    steal = api.client.post("/v1/jobs", headers=other | key, json=_job(world))
+    assert steal.status_code in (404, 409, 422) and first.json()["id"] not in steal.text
