@@ -71,12 +71,21 @@ def check_expansion(
 ) -> None:
     """Refuse a zip bomb from its central directory alone (nothing is decompressed): the
     sizes it declares bound what a reader unpacks (Python's zipfile and torch's reader stop
-    at the declared size)."""
+    at the declared size). Members named like paths out of the archive are refused too."""
     if len(infos) > MAX_ZIP_MEMBERS:
         raise error(
             f"{filename!r} has {len(infos)} archive members; at most {MAX_ZIP_MEMBERS}",
             field="file",
         )
+    for info in infos:
+        name = info.filename
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith("/") or ".." in parts or "\x00" in name or ":" in parts[0]:
+            raise error(
+                f"{filename!r} has an archive member named {name[:100]!r}, a path that points "
+                "outside the archive; refused (slimline never extracts it, but nothing should)",
+                field="file",
+            )
     expanded = sum(max(i.file_size, 0) for i in infos)
     cap = EXPANSION_FACTOR * max_upload
     ratio = expanded / max(size, 1)

@@ -108,6 +108,12 @@ def safetensors_raw(header: Any, data: bytes = b"", *, length: int | None = None
     return struct.pack("<Q", len(raw) if length is None else length) + raw + data
 
 
+def npz_member() -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(3, np.float32))
+    return buf.getvalue()
+
+
 def npz_with(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -158,6 +164,13 @@ def model_cases() -> list[tuple[str, dict[str, Any], dict[str, str], str, str]]:
         ("pt2 with ELF magic", {"file": ("m.pt2", ELF)}, {}, "file", "not a zip"),
         ("pt2 that is gzip", {"file": ("m.pt2", GZIP)}, {}, "file", "not a zip"),
         ("pt2 of 0 bytes", {"file": ("m.pt2", b"")}, {}, "file", "empty (0 bytes)"),
+        ("pt2 with a member named ../../../etc/cron.d/x",
+         {"file": ("m.pt2", zip_of({"m/archive_format": b"pt2",
+                                    "../../../etc/cron.d/x": b"* * * * * root sh"}))},
+         {}, "file", "outside the archive"),
+        ("pt2 with a member named C:\\evil",
+         {"file": ("m.pt2", zip_of({"m/archive_format": b"pt2", "C:\\evil": b"x"}))},
+         {}, "file", "outside the archive"),
         ("canary pickle as .pt2", {"file": ("m.pt2", pickle.dumps(Canary()))}, {}, "file",
          "pickle"),
         ("pt2 zip holding a canary pickle",
@@ -237,6 +250,10 @@ def dataset_cases() -> list[tuple[str, bytes, str, str, str]]:
          zip_bomb("x_train.npy", {}, 8 << 20), "d.npz", "file", "zip bomb"),
         ("npz with a non-array member", zip_of({"x.npy": b"", "evil.pkl": b""}), "d.npz", "file",
          "not .npy"),
+        ("npz with a member named ../../x.npy", zip_of({"../../x_train.npy": npz_member()}),
+         "d.npz", "file", "outside the archive"),
+        ("npz with a member named /etc/x.npy", zip_of({"/etc/x_train.npy": npz_member()}),
+         "d.npz", "file", "outside the archive"),
         ("safetensors whose header nests 100k deep",
          safetensors_raw(("[" * 100_000 + "]" * 100_000).encode()), "d.safetensors", "file",
          "nests too deeply"),
