@@ -63,11 +63,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
     worker = EmbeddedWorker(settings).start()
     engine = make_engine(settings.database_url)
     enqueuer = CeleryEnqueuer(settings)
-    timer = SweepTimer(
-        lambda job_id: enqueuer.send("slimline.run_job", job_id),
-        settings,
-        engine,
-        interval_s=max(5.0, settings.heartbeat_s / 2),
+    timer = SweepTimer.from_settings(
+        lambda job_id: enqueuer.send("slimline.run_job", job_id), settings, engine
     )
     timer.start()
     app = create_app(settings, enqueuer=enqueuer)

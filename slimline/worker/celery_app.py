@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> Celery:
         "enable_utc": True,
         # The sweeper, for a deployment that runs beat (the embedded server calls it itself).
         "beat_schedule": {
-            "sweep": {"task": TASK_SWEEP, "schedule": max(settings.heartbeat_s, 10.0)}
+            "sweep": {"task": TASK_SWEEP, "schedule": _sweep_interval_s(settings)}
         },
     }
     conf.update(broker_conf(settings))
@@ -106,3 +106,9 @@ def __getattr__(name: str) -> Any:
             _app = create_app(get_settings())
         return _app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _sweep_interval_s(settings: Settings) -> float:
+    from slimline.worker.sweeper import sweep_interval_s  # it imports this module
+
+    return sweep_interval_s(settings)
