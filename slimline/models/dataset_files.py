@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from slimline.archives import check_archive_file
 from slimline.errors import InvalidData
 
 SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val")
@@ -37,26 +38,9 @@ def _bad(message: str, field: str, value: Any) -> InvalidData:
 
 
 # An archive may unpack to at most this many times its size once past EXPANSION_FLOOR bytes:
-# np.savez stores members as they are, np.savez_compressed gets a few times on real data, a
-# zip bomb a thousand (the API refuses those at upload; this is the worker's own check).
-MAX_EXPANSION_RATIO = 100
-EXPANSION_FLOOR = 64 * 1024**2
-
-
 def _check_expansion(path: Path) -> None:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            expanded = sum(i.file_size for i in zf.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return  # np.load reports it
-    size = max(path.stat().st_size, 1)
-    if expanded > EXPANSION_FLOOR and expanded > MAX_EXPANSION_RATIO * size:
-        raise _bad(
-            f"{path} unpacks to {expanded} bytes from {size} (over {MAX_EXPANSION_RATIO}:1): "
-            "refused as a zip bomb; save it with numpy.savez",
-            "data",
-            expanded,
-        )
+    # the API refuses zip bombs at upload; this is the worker's own check (slimline.archives)
+    check_archive_file(path, error=InvalidData, field="data")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

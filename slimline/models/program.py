@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from slimline.archives import check_archive_file
 from slimline.errors import InvalidModel
 from slimline.models._pt2_guard import check_pt2_archive
 
@@ -100,6 +101,7 @@ def load_program(path: str | os.PathLike[str], *, max_bytes: int | None = None) 
             field="program",
             value=path,
         )
+    check_archive_file(path, error=InvalidModel, field="program", max_bytes=max_bytes)
     try:
         check_pt2_archive(path)
         program = torch.export.load(path)

@@ -15,20 +15,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from slimline.archives import check_expansion
 from slimline.errors import InvalidData, InvalidInput, InvalidModel
 from slimline.schemas import MAX_SETTINGS_DEPTH, json_depth
 
 MAX_SAFETENSORS_HEADER = 100 * 1024**2
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 SAVE_HINT = "export the model with torch.export.save(torch.export.export(model, args), 'm.pt2')"
-# A zip's members may unpack to at most this many times the upload limit in all, and a zip
-# that unpacks to more than SMALL_EXPANSION bytes may not be compressed more than
-# MAX_RATIO:1: torch.export.save and np.savez store members uncompressed, np.savez_compressed
-# reaches a few times on real data, a zip bomb reaches a thousand.
-EXPANSION_FACTOR = 4
-MAX_RATIO = 100
-SMALL_EXPANSION = 64 * 1024**2
-MAX_ZIP_MEMBERS = 10_000
 MAX_JSON_DEPTH = MAX_SETTINGS_DEPTH
 SAFETENSORS_DTYPES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -64,38 +57,6 @@ def _zip_infos(path: Path) -> list[zipfile.ZipInfo] | None:
             return zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
         return None
-
-
-def check_expansion(
-    infos: list[zipfile.ZipInfo], size: int, filename: str, *, max_upload: int, error: type
-) -> None:
-    """Refuse a zip bomb from its central directory alone (nothing is decompressed): the
-    sizes it declares bound what a reader unpacks (Python's zipfile and torch's reader stop
-    at the declared size). Members named like paths out of the archive are refused too."""
-    if len(infos) > MAX_ZIP_MEMBERS:
-        raise error(
-            f"{filename!r} has {len(infos)} archive members; at most {MAX_ZIP_MEMBERS}",
-            field="file",
-        )
-    for info in infos:
-        name = info.filename
-        parts = name.replace("\\", "/").split("/")
-        if name.startswith("/") or ".." in parts or "\x00" in name or ":" in parts[0]:
-            raise error(
-                f"{filename!r} has an archive member named {name[:100]!r}, a path that points "
-                "outside the archive; refused (slimline never extracts it, but nothing should)",
-                field="file",
-            )
-    expanded = sum(max(i.file_size, 0) for i in infos)
-    cap = EXPANSION_FACTOR * max_upload
-    ratio = expanded / max(size, 1)
-    if expanded > cap or (expanded > SMALL_EXPANSION and ratio > MAX_RATIO):
-        raise error(
-            f"{filename!r} unpacks to {expanded} bytes from {size} ({ratio:.0f}:1), more than "
-            f"{'the ' + str(cap) + '-byte cap' if expanded > cap else f'{MAX_RATIO}:1'}; "
-            "refused as a zip bomb: store members uncompressed (torch.export.save, np.savez)",
-            field="file",
-        )
 
 
 def _zip_names(path: Path) -> list[str] | None:

@@ -361,3 +361,15 @@ def test_parametrization_on_a_graph_submodule_changes_the_output(lenet_pt2) -> N
     assert original.grad is not None and original.grad.abs().sum() > 0  # trainable through it
     with torch.no_grad():
         assert (gm(x) - before).abs().max() > 1e-3
+
+
+def test_a_zip_bomb_is_refused_before_torch_reads_it(tmp_path: Path) -> None:
+    """A job's program (or a file loaded locally) is checked again, not only at upload: a
+    small .pt2 that would unpack to 200 MiB of zeros is refused from its directory alone."""
+    path = tmp_path / "bomb.pt2"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb/data/weights/w", b"\0" * (200 * 1024**2))
+    assert path.stat().st_size < 1024**2
+    with pytest.raises(InvalidModel, match="zip bomb") as info:
+        load_program(path)
+    assert info.value.field == "program"
