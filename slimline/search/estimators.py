@@ -92,7 +92,7 @@ class FisherEstimator(DamageEstimator):
 
     def __init__(self, measure_above: float = 0.5, measure_examples: int = 128) -> None:
         self.fisher: dict[str, torch.Tensor] = {}
-        self.measure_above = measure_above
+        self.measure_above, self.measure_examples = measure_above, measure_examples
         self.measured = LossDeltaEstimator(examples=measure_examples) if measure_above else None
         # (layer, option) -> measured damage / Fisher estimate, from the passes that measured;
         # with ``reuse_measurements`` later passes (ADMM re-projections, a few hundred steps
@@ -123,6 +123,9 @@ class FisherEstimator(DamageEstimator):
                 n += 1
         self.fisher = {g.name: s / max(1, n) for g, s in zip(geoms, sums, strict=True)}
         if self.measured is not None:
+            # a language model's example is a whole sequence: measure on 1/8 as many
+            if data.task == "language":
+                self.measured.examples = max(4, self.measure_examples // 8)
             self.measured.prepare(
                 model, geoms, data, batches=batches, batch_size=batch_size, device=device,
                 seed=seed,
