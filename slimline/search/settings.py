@@ -65,7 +65,8 @@ class FinetuneSettings(MethodSettings):
     # Steps between checkpoints; 0: once an epoch, or four times a run when an epoch is longer
     # than the run.
     checkpoint_steps: int = 0
-    # Validation samples evaluated at every checkpoint for the progress metric; 0: none.
+    # Validation samples evaluated at every checkpoint for the progress metric (a language
+    # model's samples are sequences: it evaluates 1/16 as many); 0: none.
     eval_samples: int = 2000
 
     @classmethod
