@@ -41,7 +41,8 @@ class MethodSettings:
 
 @dataclass(frozen=True)
 class FinetuneSettings(MethodSettings):
-    """SLOPE fine-tuning (DESIGN.md "SLOPE fine-tuning"); the defaults are slimline's.
+    """SLOPE fine-tuning (DESIGN.md "SLOPE fine-tuning"); the defaults are slimline's, chosen
+    by measurement (bench.suite --ablation; README "Benchmarks").
 
     Plain quantization-aware training is ``FinetuneSettings.plain()``: no distillation, no
     regularizer, masks fixed from the start, no norm re-calibration.
@@ -49,12 +50,13 @@ class FinetuneSettings(MethodSettings):
 
     # Weight of the distillation term: loss = (1 - distill) * task + distill * T^2 * KL(teacher
     # || student) at temperature T. The teacher is the dense model the job started from.
-    distill: float = 0.5
+    distill: float = 0.25
     temperature: float = 2.0
     # lambda of the cosine regularizer: lambda * mean over output-channel rows of every
     # compressed layer of (1 - cos(w_i, w_hat_i)), w the trainable dense row, w_hat its
-    # masked and quantized image.
-    cosine: float = 1.0
+    # masked and quantized image. Off by default: measured on lenet300 and lenet5 (README,
+    # "Benchmarks") it cost 0.2-0.4 points of accuracy at 64x-128x and much more at 256x.
+    cosine: float = 0.0
     # Share of the steps during which masks are re-picked by magnitude (every
     # ``refresh_every`` steps); then they are frozen. 0: masks fixed from the start.
     mask_warmup: float = 0.25

@@ -200,7 +200,7 @@ def test_slope_resumes_from_its_checkpoint_to_the_uninterrupted_weights(
     dense_digits, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     model, data = dense_digits
-    settings = FinetuneSettings(mask_warmup=0.3, refresh_every=3, checkpoint_steps=5)
+    settings = FinetuneSettings(mask_warmup=0.3, refresh_every=3, checkpoint_steps=5, cosine=1.0)
     cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=64, seed=3)  # 46 steps, warm-up 13
     torch.manual_seed(0)
     whole = copy.deepcopy(model)
