@@ -26,7 +26,7 @@ from slimline.search.export import (
 from slimline.search.finalize import finalize
 from slimline.search.layers import find_layers
 from slimline.search.methods.base import SearchContext
-from slimline.search.methods.uniform import UniformMethod
+from slimline.search.methods.uniform import UniformMethod, UniformSettings
 from slimline.search.options import Plan
 
 
@@ -90,7 +90,7 @@ def test_lenet5_at_20x_header_under_one_percent(tmp_path: Path) -> None:
         payload_budget=budget - reserve,  # type: ignore[arg-type]
         other_bytes=other_stored_bytes(model, geoms),
     )
-    plan = UniformMethod().propose(ctx)
+    plan = UniformMethod(UniformSettings(tries=1)).propose(ctx)  # no data: the largest fit
     x = torch.randn(8, 1, 28, 28)
     file_bytes, header_bytes, payload = _round_trip(
         model, plan, {"zoo": "lenet5", "config": {}}, tmp_path / "l5.safetensors", x
