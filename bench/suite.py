@@ -122,14 +122,17 @@ def ablation_methods() -> dict[str, Method]:
     return {
         m.label: m
         for m in [
-            Method("slimline", "constrained", finetune={}),
-            Method("no-cosine", "constrained", finetune={"cosine": 0.0}),
-            Method("no-distill", "constrained", finetune={"distill": 0.0}),
+            Method("slimline", "constrained", finetune={}),  # the defaults, whatever they are
+            Method("slope-full", "constrained", finetune={**FULL, "cosine": 1.0}),
+            Method("no-cosine", "constrained", finetune={**FULL, "cosine": 0.0}),
+            Method("no-distill", "constrained", finetune={**FULL, "cosine": 1.0, "distill": 0.0}),
             Method("naive", "constrained", finetune=FinetuneSettings.plain().to_dict()),
         ]
     }
 
 
+# every SLOPE part on, spelled out (not the defaults, which measurement may change)
+FULL = {"distill": 0.5, "temperature": 2.0, "mask_warmup": 0.25, "recalibrate_batches": 20}
 ABLATION_TASKS = ["lenet5", "bytegpt"]
 ABLATION_BUDGETS = [32.0]
 QUICK = {
