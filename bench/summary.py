@@ -1,0 +1,92 @@
+"""One table from the suite's per-task JSON files: retention per method at each budget.
+
+    python -m bench.summary bench/results/2026-11-23-lenet5.json bench/results/*-lenet300.json
+
+Prints markdown: a row per (task, budget), a column per method, each cell the retention
+(compressed metric / dense metric) in percent; the best of a row in bold; "inf." where the
+method cannot reach the budget, "err." for a cell that failed, blank for a cell not run. Under
+it, per slimline cell, the search's share of fine-tuning time (every scoring pass and solve,
+the plan stage's and the re-projections', over fine-tuning without them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ORDER = ["uniform-ptq", "uniform-qat", "squantizer", "constrained", "bitshare", "optuna"]
+
+
+def _cells(paths: list[Path]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for p in paths:
+        data = json.loads(p.read_text())
+        out += data["cells"] if isinstance(data, dict) else data
+    return out
+
+
+def _label(c: dict[str, Any]) -> str:
+    return str(c["method"])
+
+
+def table(cells: list[dict[str, Any]]) -> str:
+    methods = [m for m in ORDER if any(_label(c) == m for c in cells)]
+    methods += sorted({_label(c) for c in cells} - set(methods))
+    rows: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}
+    for c in cells:
+        rows.setdefault((c["task"], float(c["ratio_target"])), {})[_label(c)] = c
+    lines = [
+        "| task | budget | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for (task, budget), by in sorted(rows.items()):
+        ok = [c["retention"] for c in by.values() if c.get("status") == "ok"]
+        best = max(ok) if ok else None
+        cols = []
+        for m in methods:
+            c = by.get(m)
+            if c is None:
+                cols.append("")
+            elif c.get("status") == "infeasible":
+                cols.append("inf.")
+            elif c.get("status") != "ok":
+                cols.append("err.")
+            else:
+                text = f"{100 * c['retention']:.2f}"
+                cols.append(f"**{text}**" if c["retention"] == best else text)
+        lines.append(f"| {task} | {budget:g}x | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def search_share(cells: list[dict[str, Any]]) -> str:
+    lines = []
+    for c in cells:
+        if _label(c) != "slimline" or c.get("status") != "ok" or c.get("scores_seconds") is None:
+            continue
+        search = float(c["scores_seconds"]) + float(c.get("allocation_seconds") or 0.0)
+        inside = search - float(c.get("search_seconds") or 0.0)  # re-projections in fine-tune
+        tuning = float(c["finetune_seconds"]) - max(0.0, inside)
+        share = search / tuning if tuning > 0 else float("nan")
+        lines.append(
+            f"- {c['task']} {float(c['ratio_target']):g}x: search {search:.1f} s, fine-tuning "
+            f"alone {tuning:.1f} s: +{100 * share:.0f}%"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", type=Path)
+    args = p.parse_args(argv)
+    cells = _cells(args.files)
+    print(table(cells))
+    shares = search_share(cells)
+    if shares:
+        print("\nslimline's search time over fine-tuning alone:\n" + shares)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
