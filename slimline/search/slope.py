@@ -258,8 +258,7 @@ class SlopeRun:
             on_step=step_hook,
             checkpoint=ckpt,
         )
-        if self.recalibrate():
-            set_training_mode(self.model, False)
+        self.recalibrate()
         set_training_mode(self.model, False)
         return losses
 
