@@ -22,8 +22,9 @@ What each stage leaves, and how it comes back (no pickle anywhere: JSON and safe
 - verify: its result.
 
 A state restored after any stage continues to the same checkpoint bytes as an uninterrupted
-run with the same seed on the same device (tests/worker/test_persist.py). Resuming inside
-fine-tuning (epoch snapshots) is not done here; the stage is re-run from the plan.
+run with the same seed on the same device (tests/worker/test_persist.py). Inside fine-tuning
+the trainer keeps its own checkpoints (``JobState.checkpoint_dir``, the worker sets it): a
+fine-tune stage run again from the plan's state continues from the last one.
 """
 
 from __future__ import annotations

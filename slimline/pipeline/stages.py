@@ -264,7 +264,8 @@ def finetune_config(state: JobState) -> TrainConfig:
 
 
 def finetune(state: JobState, progress: StageProgress) -> None:
-    """The method's fine-tuning (plain QAT unless the method has its own), then the exact bytes
+    """The method's fine-tuning (SLOPE with the spec's settings, after the method's own phases;
+    checkpointed in ``state.checkpoint_dir`` when set), then the exact bytes
     of the masks the model ended with."""
     assert state.model is not None and state.plan is not None
     state.dense_model = copy.deepcopy(state.model)

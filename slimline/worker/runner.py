@@ -7,7 +7,8 @@ can die, be duplicated or be cancelled needs:
   that is finished, held by a live worker or cancelled gets ``None`` and does nothing.
 - **Resume.** Each stage's output is saved (``pipeline.persist``) before the stage counts as
   finished, in ``artifact_dir/jobs/<id>/stages``; a redelivered job restores the state of the
-  last finished stage and runs only the rest. An attempt that cannot restore starts over.
+  last finished stage and runs only the rest; fine-tuning continues from the trainer's last
+  checkpoint (``jobs/<id>/finetune-checkpoints``). An attempt that cannot restore starts over.
 - **Writes are retried** while the database is unavailable (``heartbeat.WriteRetry``, bounded
   by ``settings.worker_write_*``): the claim, heartbeats, progress, cancel, fail and finish.
   A retried conditional write that meets a ``Conflict`` first checks whether its own earlier
