@@ -362,3 +362,16 @@ def test_artifacts_download_with_etag(api: Api, user, model: str) -> None:
         )
     r = api.client.get(f"/v1/artifacts/{bad.id}", headers=h)
     assert r.status_code == 404 and "outside" in r.json()["message"]
+
+
+def test_finetune_settings_are_checked_before_a_job_is_made(api: Api, user, model: str) -> None:  # type: ignore[no-untyped-def]
+    _, h = user
+    make_ready(api, model, dense=100_000, smallest=5_000)
+    for bad, name in (({"distill": 2}, "distill"), ({"warmup": 0.1}, "warmup")):
+        r = submit(api, h, model, budget="10x", finetune=bad)
+        assert r.status_code == 422, r.text
+        assert r.json()["field"].startswith("finetune") and name in r.json()["message"]
+    assert api.messages() == []
+    ok = submit(api, h, model, budget="10x", finetune={"distill": 0.3, "cosine": 0.5})
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["spec"]["finetune"] == {"distill": 0.3, "cosine": 0.5}
