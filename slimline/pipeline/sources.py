@@ -33,7 +33,8 @@ DENSE_RECIPES: dict[str, TrainConfig] = {
 }
 # Fine-tuning (quantization-aware) defaults: a fraction of the dense recipe at a lower rate.
 FINETUNE_RECIPES: dict[str, TrainConfig] = {
-    "lenet5": TrainConfig(epochs=2, lr=5e-4, batch_size=128),
+    # measured at 128x: 99.36% of the dense accuracy kept after 2 epochs, 99.66% after 4
+    "lenet5": TrainConfig(epochs=4, lr=5e-4, batch_size=128),
     # an MLP fine-tunes in seconds an epoch, and at 64x-128x it keeps gaining to ~10 epochs
     # (measured: 64x keeps 98.6% of its accuracy after 2 epochs, 99.6% after 10)
     "lenet300": TrainConfig(epochs=10, lr=5e-4, batch_size=128),
