@@ -200,7 +200,9 @@ def test_slope_resumes_from_its_checkpoint_to_the_uninterrupted_weights(
     dense_digits, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     model, data = dense_digits
-    settings = FinetuneSettings(mask_warmup=0.3, refresh_every=3, checkpoint_steps=5, cosine=1.0)
+    settings = FinetuneSettings(
+        mask_warmup=0.3, refresh_every=3, checkpoint_steps=5, cosine=1.0, distill=0.5
+    )
     cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=64, seed=3)  # 46 steps, warm-up 13
     torch.manual_seed(0)
     whole = copy.deepcopy(model)
@@ -232,7 +234,7 @@ def test_slope_resumes_from_its_checkpoint_to_the_uninterrupted_weights(
 def test_constrained_resumes_inside_admm_and_inside_slope(dense_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model, data = dense_digits
     cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=64, seed=1)  # 46 steps: 23 ADMM, 23 SLOPE
-    ft = FinetuneSettings(checkpoint_steps=4, eval_samples=0)
+    ft = FinetuneSettings(checkpoint_steps=4, eval_samples=0, distill=0.5)
     settings = {"projections": 2, "calibration_batches": 2}
 
     def ctx(stop=None):  # type: ignore[no-untyped-def]
