@@ -205,3 +205,35 @@ def load_dense_weights(
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
     return f"trained:{path}"
+
+
+def dense_metrics(
+    weights_source: str, model: nn.Module, data: TrainData, device: torch.device
+) -> dict[str, float]:
+    """The dense model's validation metrics, kept beside cached dense weights.
+
+    Weights from the dense cache (``cache:`` / ``trained:`` sources) are a pure function of
+    the cache key, and so is their evaluation: it is stored next to them as
+    ``<weights>.metrics.json`` (atomically) and read back by later jobs, which saves one full
+    validation pass per job (about 25-50 s for bytegpt on a CPU). Anything else is evaluated.
+    """
+    from slimline.search.training import evaluate
+
+    kind, _, path = weights_source.partition(":")
+    if kind not in ("cache", "trained") or not path:
+        return evaluate(model, data, device=device)
+    sidecar = Path(path).with_suffix(".metrics.json")
+    try:
+        stored = json.loads(sidecar.read_text())
+        if isinstance(stored, dict) and isinstance(stored.get("metric"), float):
+            return {str(k): float(v) for k, v in stored.items()}
+    except (OSError, ValueError, TypeError):
+        pass  # absent or unreadable: evaluate and write it again
+    metrics = evaluate(model, data, device=device)
+    tmp = sidecar.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(metrics))
+        os.replace(tmp, sidecar)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only cache still gives the right metrics
+    return metrics

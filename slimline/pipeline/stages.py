@@ -28,6 +28,7 @@ from slimline.pipeline.sources import (
     build_skeleton,
     check_data_fits,
     default_cache_dir,
+    dense_metrics,
     load_dense_weights,
     task_of,
 )
@@ -194,7 +195,7 @@ def inspect(state: JobState, progress: StageProgress) -> None:
         progress=lambda e: progress("inspect", e),
     )
     state.model = model.cpu()
-    state.dense_metrics = evaluate(model, state.data, device=state.device)
+    state.dense_metrics = dense_metrics(state.weights_source, model, state.data, state.device)
     model.cpu()
 
 

@@ -7,7 +7,7 @@ every count here is the length of a stream the packer really writes, byte-aligne
           positions (Rice-coded gaps, or a bitmask where that is smaller)
   scales  fp16 per output channel / per group / per tensor
   bias    fp16 per output channel when the layer has a bias or a norm folded into it
-Tensors that are not compressed (embeddings, LayerNorm, biases of other layers, ...) are stored
+Tensors that are not compressed (LayerNorm, biases of other layers, tied weights, ...) are stored
 as fp16 (integer buffers at their own width) and counted as "other".
 
 Unlike peers, who count weight bits only, nothing the runnable model needs is left out.

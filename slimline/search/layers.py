@@ -1,12 +1,18 @@
 """Find the compressible layers of a model: eager zoo modules and torch.export graphs alike.
 
-A compressible layer is a Linear, Conv1d or Conv2d weight (depthwise and grouped included).
-In an eager model that is an ``nn.Linear``/``nn.Conv*d`` module; in the graph module of a
-``torch.export`` program there are no such modules, only ``aten.linear``/``aten.conv*d`` calls
-whose weight is read through a ``get_attr`` of a parameter owned by a plain submodule, so the
-graph is walked instead. Either way the result is the module path that owns ``weight`` (where a
-parametrization goes), the weight's shape, and the norm layer directly following the layer
-(folded into the layer's scales and bias at export, as deployment toolchains do).
+A compressible layer is a Linear, Conv1d or Conv2d weight (depthwise and grouped included) or
+an Embedding table (rows = tokens, so each token's vector gets its own scale; in a small
+language model the embeddings are a large share of the bytes, and keeping them fp16 caps the
+reachable ratio: bytegpt's two tables alone are 30x below its fp32 size). An Embedding with
+``max_norm`` (renormalizes its table in place on lookup) or ``sparse`` gradients, and any
+weight shared by two layers (tied), is left as an ordinary tensor. In an eager model a layer is
+an ``nn.Linear``/``nn.Conv*d``/``nn.Embedding`` module; in the graph module of a
+``torch.export`` program there are no such modules, only ``aten.linear``/``aten.conv*d``/
+``aten.embedding`` calls whose weight is read through a ``get_attr`` of a parameter owned by a
+plain submodule, so the graph is walked instead. Either way the result is the module path that
+owns ``weight`` (where a parametrization goes), the weight's shape, and the norm layer directly
+following the layer (folded into the layer's scales and bias at export, as deployment
+toolchains do).
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ _EAGER_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
     (nn.Linear, "linear"),
     (nn.Conv1d, "conv1d"),
     (nn.Conv2d, "conv2d"),
+    (nn.Embedding, "embedding"),
 )
 _aten = torch.ops.aten
 _GRAPH_KINDS = {
     _aten.linear.default: "linear",
     _aten.conv1d.default: "conv1d",
     _aten.conv2d.default: "conv2d",
+    _aten.embedding.default: "embedding",
 }
+_WEIGHT_ARG = {"embedding": 0}  # position of the weight among the call's args (else 1)
 _GRAPH_NORMS = {
     _aten.batch_norm.default,
     _aten._native_batch_norm_legit_no_training.default,
@@ -40,7 +49,7 @@ class LayerGeometry:
     """One compressible weight. rows = output channels; row_len = in/groups x kernel size."""
 
     name: str  # path of the module owning ``weight`` (and ``bias``), e.g. "layer1.0.conv1"
-    kind: str  # linear | conv1d | conv2d
+    kind: str  # linear | conv1d | conv2d | embedding
     shape: tuple[int, ...]  # weight shape, [O, I/groups, *kernel]
     has_bias: bool
     norm: str | None = None  # path of the BatchNorm folded into this layer at export
@@ -75,10 +84,11 @@ def find_layers(model: nn.Module) -> list[LayerGeometry]:
 def _eager_layers(model: nn.Module) -> list[LayerGeometry]:
     norms = _eager_norm_pairs(model)
     mods = dict(model.named_modules())
+    shared = _shared_weights(model)
     out = []
     for name, mod in model.named_modules():
         for cls, kind in _EAGER_KINDS:
-            if isinstance(mod, cls):
+            if isinstance(mod, cls) and _compressible(mod) and name not in shared:
                 w = _original_weight(mod)
                 out.append(
                     LayerGeometry(
@@ -92,6 +102,27 @@ def _eager_layers(model: nn.Module) -> list[LayerGeometry]:
                 )
                 break
     return out
+
+
+def _shared_weights(model: nn.Module) -> set[str]:
+    """Modules whose weight is the same Parameter as another module's (tied embeddings).
+
+    A tied weight is left uncompressed: a parametrization on one owner would not reach the
+    other, so the two would train and export apart. It is stored once per name, as an
+    ordinary fp16 tensor, and both names load the same values.
+    """
+    owners: dict[int, list[str]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        w = getattr(mod, "weight", None)
+        if isinstance(w, torch.Tensor):
+            owners.setdefault(id(_original_weight(mod)), []).append(name)
+    return {n for names in owners.values() if len(set(names)) > 1 for n in names}
+
+
+def _compressible(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.Embedding):
+        return mod.max_norm is None and not mod.sparse
+    return True
 
 
 def _original_weight(mod: nn.Module) -> torch.Tensor:
@@ -135,20 +166,28 @@ def _eager_norm_pairs(model: nn.Module) -> dict[str, str]:
 
 def _graph_layers(gm: fx.GraphModule) -> list[LayerGeometry]:
     out = []
+    uses: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        for arg in node.args:
+            if isinstance(arg, fx.Node) and arg.op == "get_attr":
+                uses[str(arg.target)] = uses.get(str(arg.target), 0) + 1
     for node in gm.graph.nodes:
         kind = _GRAPH_KINDS.get(node.target) if node.op == "call_function" else None
         if kind is None:
             continue
-        w_node = node.args[1]
+        w_node = node.args[_WEIGHT_ARG.get(kind, 1)]
+        if kind == "embedding" and len(node.args) > 4 and node.args[4]:
+            continue  # sparse gradients
         if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr"):
             continue  # weight computed inside the graph: not a stored tensor we can compress
         owner, _, attr = str(w_node.target).rpartition(".")
-        if attr != "weight":
-            continue
-        bias_node = node.args[2] if len(node.args) > 2 else None
+        if attr != "weight" or uses[str(w_node.target)] > 1:
+            continue  # a weight read twice (tied) stays an ordinary tensor, as in eager models
+        bias_node = node.args[2] if len(node.args) > 2 and kind != "embedding" else None
         has_bias = isinstance(bias_node, fx.Node) and str(bias_node.target) == f"{owner}.bias"
         weight = _original_weight(gm.get_submodule(owner))
-        norm, eps = _graph_norm_after(node)
+        # a norm after an embedding normalizes its columns, not the rows its scales belong to
+        norm, eps = _graph_norm_after(node) if kind != "embedding" else (None, 0.0)
         out.append(
             LayerGeometry(
                 name=owner,
