@@ -62,7 +62,7 @@ def _json_object(text: str | None, flag: str) -> dict[str, Any]:
 
 FINETUNE_HELP = (
     "SLOPE fine-tuning settings as JSON, e.g. '{\"distill\": 0.3}'; "
-    "'{\"distill\": 0, \"cosine\": 0, \"mask_warmup\": 0, \"recalibrate_batches\": 0}' "
+    '\'{"distill": 0, "cosine": 0, "mask_warmup": 0, "recalibrate_batches": 0}\' '
     "is plain QAT (all settings: slimline/search/settings.py)"
 )
 

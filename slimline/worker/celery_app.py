@@ -74,9 +74,7 @@ def create_app(settings: Settings) -> Celery:
         "broker_connection_retry_on_startup": True,
         "enable_utc": True,
         # The sweeper, for a deployment that runs beat (the embedded server calls it itself).
-        "beat_schedule": {
-            "sweep": {"task": TASK_SWEEP, "schedule": _sweep_interval_s(settings)}
-        },
+        "beat_schedule": {"sweep": {"task": TASK_SWEEP, "schedule": _sweep_interval_s(settings)}},
     }
     conf.update(broker_conf(settings))
     app.conf.update(conf)

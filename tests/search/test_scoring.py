@@ -445,3 +445,33 @@ def test_a_second_pass_reuses_the_measurements_of_the_first(mnist) -> None:
     assert est.ratios and len(calls) < n_first
     for a, b in zip(first.layers, second.layers, strict=True):
         assert np.allclose(a.damage, b.damage, rtol=1e-9)
+
+
+@pytest.mark.parametrize("share", [0.02, 0.05, 0.15, 0.4])
+def test_measuring_for_a_budget_gives_the_fully_measured_optimum(mnist, share: float) -> None:
+    """With a budget, far options are measured only where that budget's allocation picks
+    them; the plan's damage (under the scores that measured every far option on the front)
+    is still the optimum, at fewer forward passes."""
+    model = small_mlp()
+    train(model, mnist, TrainConfig(epochs=1, max_steps=150, lr=3e-3, batch_size=64))
+    geoms = find_layers(model)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    full = score_model(model, geoms, mnist, batches=2)
+    n_full, calls[:] = len(calls), []
+    budget = int(full.min_bytes() + share * (full.max_bytes() - full.min_bytes()))
+    lazy = score_model(model, geoms, mnist, batches=2, budget=budget)
+    assert len(calls) < n_full
+
+    def damage_under_full(scores: Scores) -> float:
+        plan = scores.resolve(budget)
+        return sum(
+            float(ls.damage[[o.to_str() for o in ls.options].index(plan[ls.name].to_str())])
+            for ls in full.layers
+        )
+
+    assert damage_under_full(lazy) == pytest.approx(damage_under_full(full), rel=1e-9)
+    # what the lazy scores say the plan costs is what it costs
+    chosen = lazy.allocation(budget)
+    assert chosen.damage == pytest.approx(damage_under_full(lazy), rel=1e-9)
+    assert chosen.bytes <= budget

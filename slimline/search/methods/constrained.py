@@ -88,6 +88,8 @@ class ConstrainedMethod(SearchMethod):
             device=ctx.device,
             seed=ctx.seed,
             progress=ctx.progress,
+            budget=ctx.layer_budget,  # far options measured where this budget's choice needs
+            solver=s.solver,
             **kw,
         )
         self.report["scores_seconds"] = self.report.get("scores_seconds", 0.0) + (
