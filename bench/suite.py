@@ -17,8 +17,9 @@ Commands (run from the repository root; data from ../shared/data unless --data-r
 Tasks: lenet5, lenet300 (MNIST), bytegpt (pycode), digits (scikit-learn digits, smoke only).
 Budgets: 8x 16x 24x 32x for every task, and 64x 128x 256x for the MNIST tasks.
 Methods: uniform-ptq (method "uniform", no fine-tuning), uniform-qat ("uniform"), squantizer,
-constrained, bitshare, optuna — all with plain QAT (`FinetuneSettings.plain()`) — and slimline
-(method "constrained" with the default SLOPE fine-tuning settings, ``finetune={}``).
+constrained (with Yang et al.'s ADMM phase, ``projections`` 3), bitshare, optuna — all with
+plain QAT (`FinetuneSettings.plain()`) — and slimline (method "constrained" with its default
+settings, no ADMM, and the default SLOPE fine-tuning settings, ``finetune={}``).
 
 Every method gets the same fine-tuning steps: ``--max-steps`` (default: the task's
 ``finetune_steps`` below) and ``--epochs`` (default: the model's fine-tuning recipe), capped by
