@@ -271,7 +271,7 @@ def score_model(
         est.prepare(
             model, geoms, data, batches=batches, batch_size=batch_size, device=device, seed=seed
         )
-        lazy = budget is not None and isinstance(est, FisherEstimator) and est.measured
+        lazy = budget is not None and isinstance(est, FisherEstimator) and est.measured is not None
         pending: list[tuple[LayerGeometry, torch.Tensor, np.ndarray]] = []
         for step, geom in enumerate(geoms, start=1):
             w = layer_weight(model, geom).detach().clone()
