@@ -321,13 +321,7 @@ def _measure_for_budget(
             return
         for i, j in todo:
             geom, w, far = layers[i]
-            ls = scores.layers[i]
-            with torch.no_grad():
-                w_hat = CompressedWeight(ls.options[j], w).to(w.device)(w)
-            fisher = float(ls.damage[j])
-            ls.damage[j] = max(fisher, est.measure(geom, w, w_hat))
-            est.ratios[(geom.name, ls.options[j].to_str())] = ls.damage[j] / max(fisher, 1e-30)
-            far[j] = False
+            _measure_option(est, geom, w, scores.layers[i].options, scores.layers[i].damage, far, j)
 
 
 def _fisher_layer(
@@ -370,12 +364,26 @@ def _score_layer_measuring_far(
         if not todo:
             return nbytes, damage
         for j in todo:
-            with torch.no_grad():
-                w_hat = CompressedWeight(opts[j], w).to(w.device)(w)
-            fisher = damage[j]
-            damage[j] = max(fisher, est.measure(geom, w, w_hat))
-            est.ratios[(geom.name, opts[j].to_str())] = damage[j] / max(fisher, 1e-30)
-            far[j] = False
+            _measure_option(est, geom, w, opts, damage, far, j)
+
+
+def _measure_option(
+    est: FisherEstimator,
+    geom: LayerGeometry,
+    w: torch.Tensor,
+    opts: list[LayerOption],
+    damage: np.ndarray,
+    far: np.ndarray,
+    j: int,
+) -> None:
+    """Raise option ``j``'s damage to what is measured (in place), remember the ratio to the
+    Fisher estimate for later passes, and mark it measured."""
+    with torch.no_grad():
+        w_hat = CompressedWeight(opts[j], w).to(w.device)(w)
+    fisher = float(damage[j])
+    damage[j] = max(fisher, est.measure(geom, w, w_hat))
+    est.ratios[(geom.name, opts[j].to_str())] = damage[j] / max(fisher, 1e-30)
+    far[j] = False
 
 
 def front_indices(nbytes: np.ndarray, damage: np.ndarray) -> list[int]:
