@@ -310,7 +310,8 @@ def _measure_for_budget(
     a lower bound of max(Fisher, measured) (what `FisherEstimator.damage` gives); when the
     optimal allocation picks only measured (or near) options, its damage is exact while any
     other allocation's is at most underestimated, so it is optimal for the fully measured
-    damages too. Typically a few rounds of one measurement per layer, against measuring
+    damages too (with the "greedy" solver the loop ends the same way, without that guarantee).
+    Typically a few rounds of one measurement per layer, against measuring
     every far option on each layer's front (60 per layer on bytegpt). ``far`` is updated in
     place; damages are raised in ``scores`` in place.
     """

@@ -16,7 +16,7 @@ from slimline.pipeline.stages import exact_positions
 from slimline.search.accounting import layer_options, plan_bytes
 from slimline.search.compressed import apply_plan
 from slimline.search.export import build_header, other_stored_bytes, write_model
-from slimline.search.finalize import finalize
+from slimline.search.finalize import finalize, other_tensor_names
 from slimline.search.layers import find_layers
 from slimline.search.options import Plan
 from tests.search.test_export import _round_trip
@@ -31,15 +31,9 @@ def test_bytegpt_embeddings_are_layers_with_a_row_per_token() -> None:
     assert geoms["tok_emb"].shape == (256, 32)
     assert geoms["pos_emb"].shape == (16, 32)
     assert not geoms["tok_emb"].has_bias and geoms["tok_emb"].norm is None
-    names = set(geoms)
-    # the tables are no longer "other" tensors: only LayerNorms and biases of nothing remain
-    assert not any(k.startswith(("tok_emb", "pos_emb")) for k in _others(model, names))
-
-
-def _others(model: nn.Module, names: set[str]) -> list[str]:
-    from slimline.search.finalize import other_tensor_names
-
-    return other_tensor_names(model, [g for g in find_layers(model) if g.name in names])
+    # the tables are no longer "other" (fp16) tensors: only the LayerNorms remain
+    others = other_tensor_names(model, list(geoms.values()))
+    assert others and all(k.startswith(("ln_f.", "blocks.0.ln")) for k in others), others
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
