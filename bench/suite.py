@@ -120,7 +120,8 @@ METHODS: dict[str, Method] = {
 
 
 def ablation_methods() -> dict[str, Method]:
-    """slimline with one SLOPE part removed at a time, and the naive combination."""
+    """slimline with one SLOPE part removed at a time, the naive combination, and slimline with
+    the ADMM phase added."""
     from slimline.search.settings import FinetuneSettings
 
     return {
@@ -131,6 +132,8 @@ def ablation_methods() -> dict[str, Method]:
             Method("no-cosine", "constrained", finetune={**FULL, "cosine": 0.0}),
             Method("no-distill", "constrained", finetune={**FULL, "cosine": 1.0, "distill": 0.0}),
             Method("naive", "constrained", finetune=FinetuneSettings.plain().to_dict()),
+            # slimline's defaults plus Yang et al.'s ADMM phase (on by choice, not by default)
+            Method("slimline-admm", "constrained", finetune={}, settings={"projections": 3}),
         ]
     }
 
@@ -164,6 +167,7 @@ class Cell:
     cache_dir: str
     out: str
     threads: int | None = None
+    device: str = "cpu"  # where the job runs (the dense model is trained on the CPU)
     weights: str | None = None  # dense weights (--dense-steps); None: the shared cache
     seed: int = 0
     verbose: bool = False  # print each stage's start and end (long cells)
@@ -189,6 +193,15 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _peak_gpu_mb() -> float | None:
+    """Peak CUDA memory the cell's tensors took (torch's allocator); None if CUDA never ran."""
+    import torch
+
+    if not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -221,7 +234,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
             data_root=cell.data_root,
             weights=cell.weights,
             out=Path(cell.out),
-            device="cpu",
+            device=cell.device,
             cache_dir=Path(cell.cache_dir),
             max_steps=cell.max_steps if cell.train else None,
             finetune=dict(cell.finetune),
@@ -248,6 +261,9 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     finally:
         row["total_seconds"] = round(time.perf_counter() - t0, 3)
         row["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+        gpu = _peak_gpu_mb()
+        if gpu is not None:
+            row["peak_gpu_mb"] = round(gpu, 1)
     t = report["timings"]
     ev, dense_ev = report["eval"], report["dense_eval"]
     row.update(
@@ -479,12 +495,14 @@ def render_markdown(doc: dict[str, Any], title: str) -> str:
         f"- fine-tuning for every method: {meta['finetune_budget']}; seed {meta['seed']}; "
         f"{meta['threads'] or 'default'} torch thread(s); {meta['machine']}, "
         f"{meta['cpus']} CPUs"
+        + (f"; device {meta['device']}" if meta.get("device", "cpu") != "cpu" else "")
         + (f"; wall time {meta['wall_seconds']:.0f} s" if meta.get("wall_seconds") else ""),
     ]
     if meta["kind"] == "ablation":
         parts += [
             f"- {label}: method {m['method']}, finetune "
             + (json.dumps(m["finetune"]) if m["finetune"] else "{} (slimline's defaults)")
+            + (f", method settings {json.dumps(m['settings'])}" if m.get("settings") else "")
             for label, m in meta["method_settings"].items()
         ]
     parts.append("")
@@ -560,6 +578,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, help="fine-tuning steps, every method")
     p.add_argument("--epochs", type=float, help="fine-tuning epochs, every method")
     p.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
+    p.add_argument(
+        "--device", default="cpu", help="where cells run: cpu (default), cuda[:N] or auto"
+    )
     p.add_argument("--resume", action="store_true", help="skip cells already in the JSON")
     p.add_argument("--date", help="date in the file names (default today, UTC)")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT)
@@ -638,6 +659,7 @@ def make_cells(
             cache_dir=str(args.cache_dir),
             out=str(out_dir / f"{task}-{m.label}-{ratio:g}x.slim.safetensors"),
             threads=args.threads,
+            device=args.device,
             weights=weights,
             seed=args.seed,
             verbose=args.verbose,
@@ -676,6 +698,7 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None = None) -> list[P
             "finetune_budget": "",
             "seed": args.seed,
             "threads": args.threads,
+            "device": args.device,
             "machine": platform.platform(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
