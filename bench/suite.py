@@ -290,6 +290,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         total_seconds=report["total_seconds"],  # the job's stages, inspect to verify
         child_seconds=row["total_seconds"],  # the job + imports and the report
         timings=t,
+        finetune_recipe=report.get("finetune"),  # epochs and steps that ran (the recipe's stretch)
         weights_source=report["weights_source"],
         plan={layer["name"]: layer["option"] for layer in report["layers"]},
     )

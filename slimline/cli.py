@@ -281,7 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the method's settings as JSON, e.g. '{\"rho\": 0.01}'",
     )
-    c.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs")
+    c.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        help="fine-tuning epochs (default: the model's recipe, "
+        "longer for budgets past its reference ratio)",
+    )
     c.add_argument("--finetune", default=None, help=FINETUNE_HELP)
     c.add_argument("--max-steps", type=int, default=None, help="cap on fine-tuning steps")
     c.add_argument(
@@ -340,7 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--budget", required=True, help="bytes (60KB) or a ratio (16x)")
     sb.add_argument("--method", default=None, help="search method (server default: constrained)")
     sb.add_argument("--method-settings", default=None, help="the method's settings as JSON")
-    sb.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs")
+    sb.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        help="fine-tuning epochs (default: the model's recipe, "
+        "longer for budgets past its reference ratio)",
+    )
     sb.add_argument("--finetune", default=None, help=FINETUNE_HELP)
     sb.add_argument("--zoo", default=None, help="zoo name of a .safetensors model")
     sb.add_argument("--config", default=None, help="zoo model config as JSON")

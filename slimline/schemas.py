@@ -105,7 +105,11 @@ class JobSpecIn(_In):
         default_factory=dict, description="the method's own settings"
     )
     epochs: float | None = Field(
-        default=None, gt=0, le=10_000, description="fine-tuning epochs; default: the model's"
+        default=None,
+        gt=0,
+        le=10_000,
+        description="fine-tuning epochs; default: the model's recipe, longer for budgets past "
+        "its reference ratio (four times the epochs a doubling, at most eight times)",
     )
     finetune: dict[str, Any] = Field(
         default_factory=dict,

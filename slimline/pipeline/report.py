@@ -65,6 +65,7 @@ def build_report(state: JobState) -> dict[str, Any]:
         "allocation_seconds": state.search_report.get("allocation_seconds"),
         "pareto": pareto_curve(state),
         "projections": state.search_report.get("projections", []),
+        "finetune": state.finetune_recipe,
         "total_seconds": round(sum(state.timings.values()), 3),
         "seed": state.spec.seed,
     }
@@ -120,6 +121,18 @@ def render_report(r: dict[str, Any]) -> str:
                 f"{r['allocation_seconds']:.3f}s, {len(r['projections'])} re-projections"
             ]
             if r.get("scores_seconds") is not None
+            else []
+        ),
+        *(
+            [
+                f"fine-tune {ft['epochs']:.3g} epochs, {ft['steps']:,} steps"
+                + (
+                    f" ({ft['stretch']:.3g}x the recipe: a budget past its reference ratio)"
+                    if ft["stretch"] > 1
+                    else ""
+                )
+            ]
+            if (ft := r.get("finetune"))
             else []
         ),
         "time      "

@@ -32,6 +32,7 @@ DENSE_RECIPES: dict[str, TrainConfig] = {
     "bytegpt": TrainConfig(epochs=1.0, lr=3e-3, batch_size=32, max_steps=800),
 }
 # Fine-tuning (quantization-aware) defaults: a fraction of the dense recipe at a lower rate.
+# Each recipe is enough up to its model's FINETUNE_REFERENCE_RATIO; past it, see finetune_stretch.
 FINETUNE_RECIPES: dict[str, TrainConfig] = {
     # measured at 128x: 99.36% of the dense accuracy kept after 2 epochs, 99.66% after 4
     "lenet5": TrainConfig(epochs=4, lr=5e-4, batch_size=128),
@@ -39,11 +40,34 @@ FINETUNE_RECIPES: dict[str, TrainConfig] = {
     # (measured: 64x keeps 98.6% of its accuracy after 2 epochs, 99.6% after 10)
     "lenet300": TrainConfig(epochs=10, lr=5e-4, batch_size=128),
     "digits-cnn": TrainConfig(epochs=15, lr=1e-3, batch_size=64),
-    # measured at 16x (slimline's defaults): 97.5% of the dense next-byte accuracy kept after
-    # 200 steps, 102.0% after 800 (bench/results/2026-11-23-long-bytegpt.json)
-    "bytegpt": TrainConfig(epochs=1.0, lr=1e-3, batch_size=32, max_steps=800),
+    # one epoch of pycode is 719 steps; measured at 16x (slimline's defaults): 97.5% of the dense
+    # next-byte accuracy kept after 200 steps, 102.0% after one epoch
+    # (bench/results/2026-11-23-long-bytegpt.json)
+    "bytegpt": TrainConfig(epochs=1.0, lr=1e-3, batch_size=32),
 }
 DEFAULT_FINETUNE = TrainConfig(epochs=2, lr=5e-4, batch_size=128)
+
+# The compression ratio up to which each recipe above wins back what compression takes
+# (measured: lenet5 99.57% kept at 128x, lenet300 99.84% at 64x, bytegpt 102% at 16x).
+FINETUNE_REFERENCE_RATIO: dict[str, float] = {"lenet5": 128.0, "lenet300": 64.0, "bytegpt": 16.0}
+DEFAULT_REFERENCE_RATIO = 32.0  # models without a measured recipe (uploaded programs, the rest)
+# Past the reference ratio, each doubling of the ratio takes four times the fine-tuning: measured
+# on all three models one doubling past the reference (bench/results/2026-11-23-gpu*), the
+# recipe's length left 1-16 points unrecovered and four to eight times it recovered them
+# (lenet5 256x: 4 epochs 97.71%, 16 epochs 98.90%, 32 epochs 99.17%; lenet300 128x: 10 epochs
+# 98.96%, 30 epochs 99.48%; bytegpt 32x: 1 epoch 83.28%, 5 epochs 96.96%). Capped, so that a
+# budget far past the reference does not make a job run for days.
+FINETUNE_STRETCH_POWER = 2.0
+FINETUNE_MAX_STRETCH = 8.0
+
+
+def finetune_stretch(ratio: float, reference: float) -> float:
+    """How many times the recipe's epochs a job compressing ``ratio`` times fine-tunes:
+    1 up to ``reference``, then (ratio / reference) ** FINETUNE_STRETCH_POWER, at most
+    FINETUNE_MAX_STRETCH."""
+    if ratio <= reference:
+        return 1.0
+    return min(FINETUNE_MAX_STRETCH, (ratio / reference) ** FINETUNE_STRETCH_POWER)
 
 
 def default_cache_dir() -> Path:

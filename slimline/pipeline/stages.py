@@ -23,12 +23,15 @@ from slimline.budget import Budget
 from slimline.errors import InfeasibleBudget, SlimlineError
 from slimline.pipeline.sources import (
     DEFAULT_FINETUNE,
+    DEFAULT_REFERENCE_RATIO,
     FINETUNE_RECIPES,
+    FINETUNE_REFERENCE_RATIO,
     ModelSource,
     build_skeleton,
     check_data_fits,
     default_cache_dir,
     dense_metrics,
+    finetune_stretch,
     load_dense_weights,
     task_of,
 )
@@ -102,6 +105,8 @@ class JobState:
     header_bytes: int = 0
     verify: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # what fine-tuning ran: epochs, steps, lr, batch size, and the recipe's stretch for the budget
+    finetune_recipe: dict[str, Any] = field(default_factory=dict)
     # Polled between training steps (the worker's cancellation and time limit); None: never.
     should_stop: Callable[[], bool] | None = None
     # Where fine-tuning writes its checkpoints and resumes from (the worker sets it); None:
@@ -253,15 +258,27 @@ def position_lengths_of(
     }
 
 
-def finetune_config(state: JobState) -> TrainConfig:
-    base = FINETUNE_RECIPES.get(state.source.zoo or "", DEFAULT_FINETUNE)
+def finetune_config(state: JobState) -> tuple[TrainConfig, float]:
+    """The model's fine-tuning recipe, stretched for budgets past its reference ratio
+    (`sources.finetune_stretch`), and the stretch; the spec's ``epochs`` replace the recipe's
+    (stretch 1), its ``max_steps`` cap them."""
+    zoo = state.source.zoo or ""
+    base = FINETUNE_RECIPES.get(zoo, DEFAULT_FINETUNE)
     kw: dict[str, Any] = {"seed": state.spec.seed}
+    stretch = 1.0
     if state.spec.epochs is not None:
         kw["epochs"] = state.spec.epochs
         kw["max_steps"] = None
+    else:
+        ratio = state.dense_bytes / max(1, state.budget_bytes)
+        reference = FINETUNE_REFERENCE_RATIO.get(zoo, DEFAULT_REFERENCE_RATIO)
+        stretch = finetune_stretch(ratio, reference)
+        kw["epochs"] = base.epochs * stretch
+        if base.max_steps is not None:
+            kw["max_steps"] = round(base.max_steps * stretch)
     if state.spec.max_steps is not None:
         kw["max_steps"] = state.spec.max_steps
-    return TrainConfig(**{**base.__dict__, **kw})
+    return TrainConfig(**{**base.__dict__, **kw}), stretch
 
 
 def finetune(state: JobState, progress: StageProgress) -> None:
@@ -275,7 +292,15 @@ def finetune(state: JobState, progress: StageProgress) -> None:
         method.last_scores = Scores.from_dict(state.scores)
     torch.manual_seed(state.spec.seed)
     ctx = search_context(state, "fine-tune", progress)
-    state.plan = method.finetune(ctx, state.plan, finetune_config(state))
+    cfg, stretch = finetune_config(state)
+    state.finetune_recipe = {
+        "epochs": cfg.epochs,
+        "steps": cfg.steps(len(state.data.x_train)),
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "stretch": stretch,
+    }
+    state.plan = method.finetune(ctx, state.plan, cfg)
     for key, value in method.report.items():
         if isinstance(value, float) and isinstance(state.search_report.get(key), float):
             state.search_report[key] += value
