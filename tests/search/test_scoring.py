@@ -238,7 +238,12 @@ def test_parametrized_layers_are_refused(mnist) -> None:
 
 
 # --------------------------------------------------------------------- the three estimators
-def test_fisher_is_the_mean_squared_gradient_over_the_calibration_batches(mnist) -> None:
+def test_fisher_is_the_per_example_squared_gradient_with_labels_from_the_model(mnist) -> None:
+    """F = mean over calibration batches of (examples in the batch) x (gradient of the batch's
+    mean loss)^2, the labels drawn from the model's own prediction: E[batch gradient^2] is the
+    per-example Fisher divided by the examples, since sampled labels make the per-example
+    gradients independent with mean zero."""
+    from slimline.search.estimators import _sample_labels
     from slimline.search.training import batches, task_loss
 
     model = small_mlp()
@@ -246,15 +251,54 @@ def test_fisher_is_the_mean_squared_gradient_over_the_calibration_batches(mnist)
     est = FisherEstimator()
     est.prepare(model, geoms, mnist, batches=3, batch_size=16, seed=5)
     w = model[7].weight
-    manual = torch.zeros_like(w)
-    for _, (x, y) in zip(range(3), batches(mnist, 16, 5), strict=False):
-        (g,) = torch.autograd.grad(task_loss("classify", model(x), y), [w])
-        manual += g**2 / 3
+    manual, gen = torch.zeros_like(w), torch.Generator().manual_seed(5)
+    for _, (x, _y) in zip(range(3), batches(mnist, 16, 5), strict=False):
+        logits = model(x)
+        (g,) = torch.autograd.grad(task_loss("classify", logits, _sample_labels(logits, gen)), [w])
+        manual += 16 * g**2 / 3
     torch.testing.assert_close(est.fisher["7"], manual, rtol=1e-5, atol=1e-12)
     geom, delta = geoms[3], torch.randn_like(w) * 1e-2
     assert est.damage(geom, w, w) == 0.0
     assert est.damage(geom, w, w + delta) == pytest.approx(float((manual * delta**2).sum()))
     assert est.damage(geom, w, w + 2 * delta) == pytest.approx(4 * est.damage(geom, w, w + delta))
+
+    empirical = FisherEstimator(sampled=False)  # the data's labels, no per-example scaling
+    empirical.prepare(model, geoms, mnist, batches=3, batch_size=16, seed=5)
+    manual = torch.zeros_like(w)
+    for _, (x, y) in zip(range(3), batches(mnist, 16, 5), strict=False):
+        (g,) = torch.autograd.grad(task_loss("classify", model(x), y), [w])
+        manual += g**2 / 3
+    torch.testing.assert_close(empirical.fisher["7"], manual, rtol=1e-5, atol=1e-12)
+
+
+def test_fisher_damage_is_in_the_units_of_the_measured_loss_increase(mnist) -> None:
+    """sum F (w - w_hat)^2 estimates twice the loss increase (the quadratic term of the loss's
+    expansion), the units the measured damages of far options come in: near options agree
+    with what is measured to within a small factor. The squared batch gradient of the data's
+    labels (the empirical Fisher of a trained model) falls short by orders of magnitude, and
+    then every near option looked free next to any measured far one."""
+    model = small_mlp()
+    train(model, mnist, TrainConfig(epochs=1, max_steps=300, lr=3e-3, batch_size=64))
+    geoms = find_layers(model)
+    truth = LossDeltaEstimator(examples=2048)
+    truth.prepare(model, geoms, mnist)
+    ratios: dict[str, list[float]] = {"sampled": [], "empirical": []}
+    for kind in ratios:
+        est = FisherEstimator(sampled=kind == "sampled")
+        est.prepare(model, geoms, mnist)
+        for g in geoms:
+            w = model.get_submodule(g.name).weight.detach().clone()
+            for opt in candidate_options(g):
+                with torch.no_grad():
+                    w_hat = CompressedWeight(opt, w)(w)
+                relative = float(((w - w_hat) ** 2).sum() / (w**2).sum())
+                real = 2 * truth.damage(g, w, w_hat)
+                if 0.02 < relative < 0.2 and real > 1e-4:  # near, and above the noise
+                    ratios[kind].append(real / est.damage(g, w, w_hat))
+    sampled, empirical = np.median(ratios["sampled"]), np.median(ratios["empirical"])
+    assert len(ratios["sampled"]) >= 10
+    assert 0.25 <= sampled <= 4, sampled
+    assert empirical > 20, empirical
 
 
 def test_hutchinson_trace_matches_the_exact_hessian_trace(mnist) -> None:
@@ -460,7 +504,7 @@ def test_measuring_for_a_budget_gives_the_fully_measured_optimum(mnist, share: f
     full = score_model(model, geoms, mnist, batches=2)
     n_full, calls[:] = len(calls), []
     budget = int(full.min_bytes() + share * (full.max_bytes() - full.min_bytes()))
-    lazy = score_model(model, geoms, mnist, batches=2, budget=budget)
+    lazy = score_model(model, geoms, mnist, batches=2, budget=budget, monotone=False)
     assert len(calls) < n_full
 
     def damage_under_full(scores: Scores) -> float:
@@ -475,3 +519,43 @@ def test_measuring_for_a_budget_gives_the_fully_measured_optimum(mnist, share: f
     chosen = lazy.allocation(budget)
     assert chosen.damage == pytest.approx(damage_under_full(lazy), rel=1e-9)
     assert chosen.bytes <= budget
+
+
+@pytest.mark.parametrize("share", [0.02, 0.05, 0.15, 0.4])
+def test_monotone_bounds_measure_less_and_pick_the_same_plan(mnist, share: float) -> None:
+    """A measured damage bounding the layer's options that compress at least as much rules
+    them out without running the model; on this model damage does grow along those chains,
+    so the plan is the exact lazy one, at fewer forward passes."""
+    model = small_mlp()
+    train(model, mnist, TrainConfig(epochs=1, max_steps=150, lr=3e-3, batch_size=64))
+    geoms = find_layers(model)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    full = score_model(model, geoms, mnist, batches=2)
+    budget = int(full.min_bytes() + share * (full.max_bytes() - full.min_bytes()))
+    calls.clear()
+    exact = score_model(model, geoms, mnist, batches=2, budget=budget, monotone=False)
+    n_exact = len(calls)
+    calls.clear()
+    bounded = score_model(model, geoms, mnist, batches=2, budget=budget, monotone=True)
+    assert len(calls) <= n_exact
+    assert bounded.resolve(budget) == exact.resolve(budget)
+    assert bounded.allocation(budget).damage == pytest.approx(
+        exact.allocation(budget).damage, rel=1e-9
+    )
+
+
+def test_compresses_at_least_is_within_a_family() -> None:
+    from slimline.search.scoring import compresses_at_least
+
+    o = LayerOption.from_str
+    assert compresses_at_least(o("un0.125/b2/ch"), o("un0.25/b3/ch"))
+    assert compresses_at_least(o("un0.25/b3/ch"), o("un0.25/b3/ch"))  # itself
+    assert not compresses_at_least(o("un0.125/b4/ch"), o("un0.25/b3/ch"))  # more bits
+    assert not compresses_at_least(o("un0.125/b2/t"), o("un0.25/b3/ch"))  # other scales
+    assert compresses_at_least(o("nm1:8/b2/ch"), o("nm2:8/b4/ch"))
+    assert not compresses_at_least(o("nm1:4/b2/ch"), o("nm2:8/b4/ch"))  # other group length
+    assert not compresses_at_least(o("nm1:8/b2/ch"), o("un0.25/b3/ch"))  # other kind
+    assert compresses_at_least(o("dense/b2/ch"), o("dense/b4/ch"))
+    assert compresses_at_least(REMOVED, o("un0.25/b3/ch")) and compresses_at_least(REMOVED, FP16)
+    assert not compresses_at_least(FP16, REMOVED)
