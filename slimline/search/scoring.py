@@ -263,8 +263,9 @@ def score_model(
     wanted stay Fisher estimates, which are lower bounds of what measuring gives, so a re-solve
     at a very different budget (the what-if curve) can be optimistic there. ``monotone`` (with
     ``budget``) also takes a measured damage as a lower bound for the layer's unmeasured options
-    that compress at least as much (`compresses_at_least`): far fewer forward passes at tight
-    budgets, exact where damage grows with compression along those chains (`_measure_for_budget`).
+    that compress at least as much (`compresses_at_least`): 30-60% fewer forward passes on the
+    zoo models, exact where damage grows with compression along those chains
+    (`_measure_for_budget`).
     """
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     geoms = list(geoms)
@@ -344,12 +345,13 @@ def _measure_for_budget(
     damages too (with the "greedy" solver the loop ends the same way, without that guarantee).
 
     With ``monotone``, a measured damage also raises the unmeasured far options of the layer
-    that compress at least as much (`compresses_at_least`) to it: fewer sparse or fewer bits
-    from the same family rarely damage less. Where that holds, the bounds are still lower bounds
-    and the argument above still gives the optimum; where it does not, such an option's damage
-    can be overstated by the difference. Without it, at tight budgets the allocation walks down
-    each layer's chain one option a round (bytegpt at 32x: 1,661 forward passes, nearly every
-    far option); with it, a measurement rules out the rest of the chain at once.
+    that compress at least as much (`compresses_at_least`) to it: keeping fewer weights, or
+    fewer bits, of the same family rarely damages less. Where that holds, the bounds are still
+    lower bounds and the argument above still gives the optimum; where it does not, such an
+    option's damage can be overstated by the difference. Without it, at tight budgets the
+    allocation walks down each layer's chain one option a round (bytegpt at 32x: 1,264 forward
+    passes); with it, a measurement rules out the rest of the chain at once (880, the same
+    plan; the same plans on lenet5 and lenet300 at 64x-256x too).
 
     ``far`` is updated in place; damages are raised in ``scores`` in place.
     """
