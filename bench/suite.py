@@ -110,7 +110,7 @@ METHODS: dict[str, Method] = {
         Method("uniform-qat", "uniform"),
         Method("squantizer", "squantizer"),
         # Yang et al. as published: ADMM re-projection for half the steps (off in slimline's
-        # default pipeline: at equal steps it cost 0.4-28 points in 6 of 9 comparisons)
+        # default pipeline: at equal steps it lost in 8 of 13 comparisons, README Benchmarks)
         Method("constrained", "constrained", settings={"projections": 3}),
         Method("bitshare", "bitshare"),
         Method("optuna", "optuna"),

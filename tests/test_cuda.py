@@ -54,7 +54,7 @@ def _job(tmp_path: Path, weights: Path, data_root: Path, **kw) -> JobSpec:  # ty
                    cache_dir=tmp_path / "cache")  # fmt: skip
 
 
-def _check_job(tmp_path: Path, spec: JobSpec) -> JobState:
+def _check_job(spec: JobSpec) -> JobState:
     torch.cuda.reset_peak_memory_stats()
     state = run_job(spec)
     assert torch.cuda.max_memory_allocated() > 0  # the job really ran on the GPU
@@ -83,8 +83,7 @@ def _check_job(tmp_path: Path, spec: JobSpec) -> JobState:
 def test_every_method_runs_on_cuda_and_its_file_reloads_on_the_cpu(
     method: str, settings: dict, tmp_path: Path, digits_weights: Path, data_root: Path
 ) -> None:
-    _check_job(tmp_path, _job(tmp_path, digits_weights, data_root, method=method,
-                              method_settings=settings))  # fmt: skip
+    _check_job(_job(tmp_path, digits_weights, data_root, method=method, method_settings=settings))
 
 
 def test_bytegpt_with_compressed_embeddings_runs_on_cuda(
@@ -92,7 +91,7 @@ def test_bytegpt_with_compressed_embeddings_runs_on_cuda(
 ) -> None:
     weights = _dense(tmp_path_factory, "bytegpt", "pycode", data_root, 30)
     spec = _job(tmp_path, weights, data_root, model="bytegpt", data="pycode", max_steps=20)
-    state = _check_job(tmp_path, spec)
+    state = _check_job(spec)
     # the token and position tables were compressed layers, not fp16 tensors
     assert state.plan is not None and {"tok_emb", "pos_emb"} <= set(state.plan), state.plan
 
