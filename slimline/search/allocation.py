@@ -31,6 +31,14 @@ budgets costs 40 small searches.
 
 Tied layers (``groups``: layers that must take the same option index) are merged into one item
 whose bytes and damage are the sums.
+
+Joint options (``joints``): the damage of some layers' options taken together, measured, where
+it is not the sum of their damages. Removing a block's ``fc1`` already silences its MLP, so
+removing ``fc2`` as well costs next to nothing more, yet the per-layer sum counts the MLP's loss
+twice (bytegpt: the knapsack removed ``fc1`` and kept ``fc2``, bytes spent on a layer whose
+input is a constant). A joint's layers become one item whose options are the undominated
+combinations of their own options, the joint combination at its measured damage: still a
+multiple-choice knapsack, solved exactly as above.
 """
 
 from __future__ import annotations
@@ -53,9 +61,19 @@ class Allocation:
 
     choice: list[int]  # option index per layer (into that layer's option list)
     bytes: int  # total bytes of the chosen options
-    damage: float  # total damage of the chosen options
+    damage: float  # total damage of the chosen options (joint damages where joints are taken)
     solver: str  # exact | greedy | milp
     seconds: float  # wall time of the solve (preparation included)
+    joints: tuple[int, ...] = ()  # indices of the joint options taken
+
+
+@dataclass(frozen=True)
+class Joint:
+    """Layers whose given options, taken together, damage ``damage`` (not their sum)."""
+
+    layers: tuple[int, ...]  # layer indices, two or more, each in no other joint or tied group
+    options: tuple[int, ...]  # the option index of each of those layers
+    damage: float
 
 
 def allocate(
@@ -65,16 +83,17 @@ def allocate(
     *,
     solver: str = "exact",
     groups: Sequence[Sequence[int]] = (),
+    joints: Sequence[Joint] = (),
 ) -> Allocation:
     """Pick one option per layer minimising total ``damage`` with total ``bytes`` <= ``budget``.
 
     ``bytes[l]`` (int) and ``damage[l]`` (float) are layer l's per-option arrays. ``groups``
     lists sets of layer indices that must take the same option index (tied weights; their
-    option lists must be the same length). Raises `InfeasibleBudget` when even the cheapest
-    choice does not fit.
+    option lists must be the same length). ``joints`` give the damage of some combinations
+    (`Joint`). Raises `InfeasibleBudget` when even the cheapest choice does not fit.
     """
     t0 = time.perf_counter()
-    ks = _Knapsack(bytes, damage, groups)
+    ks = _Knapsack(bytes, damage, groups, joints)
     choice = ks.solve(int(budget), solver)
     return ks.allocation(choice, solver, time.perf_counter() - t0)
 
@@ -85,9 +104,10 @@ def lp_bound(
     budget: int,
     *,
     groups: Sequence[Sequence[int]] = (),
+    joints: Sequence[Joint] = (),
 ) -> float:
     """Damage of the LP relaxation (a fractional option allowed): no allocation does better."""
-    ks = _Knapsack(bytes, damage, groups)
+    ks = _Knapsack(bytes, damage, groups, joints)
     ks.check_feasible(int(budget))
     return ks.lp(int(budget)).value
 
@@ -97,9 +117,10 @@ def byte_range(
     damage: Sequence[np.ndarray],
     *,
     groups: Sequence[Sequence[int]] = (),
+    joints: Sequence[Joint] = (),
 ) -> tuple[int, int]:
     """(fewest total bytes any allocation needs, bytes of the least-damage allocation)."""
-    ks = _Knapsack(bytes, damage, groups)
+    ks = _Knapsack(bytes, damage, groups, joints)
     return ks.min_bytes, ks.max_bytes
 
 
@@ -109,6 +130,7 @@ def pareto_front(
     points: int,
     *,
     groups: Sequence[Sequence[int]] = (),
+    joints: Sequence[Joint] = (),
 ) -> list[tuple[int, float]]:
     """Exact optima at ``points`` budgets evenly spaced from the smallest to the largest total.
 
@@ -116,7 +138,7 @@ def pareto_front(
     decreasing: optima that tie on damage are merged into the cheapest, so there may be fewer
     than ``points``. The first uses the fewest bytes possible, the last reaches the least damage.
     """
-    ks = _Knapsack(bytes, damage, groups)
+    ks = _Knapsack(bytes, damage, groups, joints)
     budgets = np.unique(np.linspace(ks.min_bytes, ks.max_bytes, max(1, points)).round())
     found = []
     for b in budgets.astype(np.int64):
@@ -171,13 +193,15 @@ class _LP:
 
 
 class _Knapsack:
-    """Items (layers, or merged groups) with dominated options removed, hulls and upgrades."""
+    """Items (layers, merged tied groups or joints) with dominated options removed, hulls and
+    upgrades. An item's option k sets its member layers to the options in row k of `combo`."""
 
     def __init__(
         self,
         bytes: Sequence[np.ndarray],
         damage: Sequence[np.ndarray],
         groups: Sequence[Sequence[int]],
+        joints: Sequence[Joint] = (),
     ) -> None:
         if len(bytes) != len(damage):
             raise ValueError(f"{len(bytes)} byte arrays but {len(damage)} damage arrays")
@@ -189,18 +213,32 @@ class _Knapsack:
                 raise ValueError(f"layer {i}: {b.size} byte entries, {d.size} damage entries")
             if not np.isfinite(d).all():
                 raise ValueError(f"layer {i}: damage must be finite")
-        self.members = _merge_groups(self.n_layers, groups, [b.size for b in b_in])
+        tied = _merge_groups(self.n_layers, groups, [b.size for b in b_in])
+        _check_joints(joints, tied, [b.size for b in b_in])
+        in_joint = {layer for jt in joints for layer in jt.layers}
+        self.members = [mem for mem in tied if mem[0] not in in_joint]
         self.raw_b = b_in
         self.raw_d = d_in
-        # per item: kept option indices (into the layer's list), their bytes and damage
-        self.keep: list[np.ndarray] = []
+        # per item: option rows (layer option per member), their bytes and damage
+        self.combo: list[np.ndarray] = []
         self.b: list[np.ndarray] = []
         self.d: list[np.ndarray] = []
+        self.joint_row: list[tuple[int, int, int]] = []  # (joint, item, row) of joint rows kept
         for mem in self.members:
             b = np.sum([b_in[i] for i in mem], axis=0)
             d = np.sum([d_in[i] for i in mem], axis=0)
             k = _undominated(b, d)
-            self.keep.append(k)
+            self.combo.append(np.repeat(k[:, None], len(mem), axis=1))
+            self.b.append(b[k])
+            self.d.append(d[k])
+        for j, jt in enumerate(joints):
+            combo, b, d = _joint_item(b_in, d_in, jt)
+            k = _undominated(b, d)
+            row = np.flatnonzero(k == combo.shape[0] - 1)  # the joint row is the last one
+            if row.size:
+                self.joint_row.append((j, len(self.b), int(row[0])))
+            self.members.append(list(jt.layers))
+            self.combo.append(combo[k])
             self.b.append(b[k])
             self.d.append(d[k])
         self.min_bytes = int(sum(b[0] for b in self.b))
@@ -262,12 +300,13 @@ class _Knapsack:
 
     def allocation(self, item_choice: list[int], solver: str, seconds: float) -> Allocation:
         choice = [0] * self.n_layers
-        for mem, k, c in zip(self.members, self.keep, item_choice, strict=True):
-            for layer in mem:
-                choice[layer] = int(k[c])
+        for mem, combo, c in zip(self.members, self.combo, item_choice, strict=True):
+            for layer, opt in zip(mem, combo[c], strict=True):
+                choice[layer] = int(opt)
         total_b = sum(int(self.raw_b[i][c]) for i, c in enumerate(choice))
-        total_d = float(sum(float(self.raw_d[i][c]) for i, c in enumerate(choice)))
-        return Allocation(choice, total_b, total_d, solver, seconds)
+        total_d = float(sum(float(d[c]) for d, c in zip(self.d, item_choice, strict=True)))
+        taken = tuple(j for j, item, row in self.joint_row if item_choice[item] == row)
+        return Allocation(choice, total_b, total_d, solver, seconds, taken)
 
     def _cost(self, choice: Sequence[int]) -> tuple[int, float]:
         b = sum(int(self.b[i][c]) for i, c in enumerate(choice))
@@ -431,6 +470,81 @@ class _Reduced:
             choice[i] = int(opt[s])
             s = int(parent[s])
         return choice, truncated
+
+
+def _check_joints(joints: Sequence[Joint], tied: list[list[int]], sizes: list[int]) -> None:
+    """Joints name two or more distinct layers, each untied and in no other joint, and one
+    existing option for each."""
+    alone = {mem[0] for mem in tied if len(mem) == 1}
+    seen: set[int] = set()
+    for jt in joints:
+        layers = [int(x) for x in jt.layers]
+        if len(layers) < 2 or len(set(layers)) != len(layers) or len(jt.options) != len(layers):
+            raise ValueError(f"joint {jt}: two or more distinct layers, one option each")
+        for layer, opt in zip(layers, jt.options, strict=True):
+            if layer not in alone or layer in seen:
+                raise ValueError(f"joint {jt}: layer {layer} is tied or in another joint")
+            if not 0 <= int(opt) < sizes[layer]:
+                raise ValueError(f"joint {jt}: layer {layer} has no option {opt}")
+        if not np.isfinite(jt.damage):
+            raise ValueError(f"joint {jt}: damage must be finite")
+        seen.update(layers)
+
+
+def _joint_item(
+    b_in: list[np.ndarray], d_in: list[np.ndarray], jt: Joint
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(option rows, bytes, damage) of a joint's item: the undominated combinations of its
+    layers' options other than the joint's, with additive damage, then the joint combination
+    (last row) at its own damage.
+
+    A combination other than the joint's first differs from it at some layer i, so those are
+    the union over i of {joint's options before i} x {layer i's others} x {all options after}:
+    products of option sets, whose undominated combinations are found a layer at a time
+    (a dominated partial combination can be swapped for its dominator), exactly. Pruning the
+    plain product instead would be wrong where the joint damage exceeds the sum: the additive
+    joint row could prune a combination that is needed once its damage goes up.
+    """
+    target = [int(o) for o in jt.options]
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for i in range(len(jt.layers)):
+        sets = []
+        for pos, (layer, t) in enumerate(zip(jt.layers, target, strict=True)):
+            everything = np.arange(b_in[layer].size)
+            opts = (
+                np.asarray([t])
+                if pos < i
+                else everything[everything != t]
+                if pos == i
+                else everything
+            )
+            sets.append((layer, opts))
+        if sets[i][1].size:
+            parts.append(_product_front(b_in, d_in, sets))
+    jb = sum(int(b_in[layer][o]) for layer, o in zip(jt.layers, target, strict=True))
+    combo = np.concatenate([p[0] for p in parts] + [np.asarray([target], dtype=np.int64)])
+    b = np.concatenate([p[1] for p in parts] + [np.asarray([jb], dtype=np.int64)])
+    d = np.concatenate([p[2] for p in parts] + [np.asarray([float(jt.damage)])])
+    return combo, b, d
+
+
+def _product_front(
+    b_in: list[np.ndarray], d_in: list[np.ndarray], sets: list[tuple[int, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undominated combinations (rows of option indices, bytes, additive damage) of one option
+    from each (layer, allowed options) in ``sets``."""
+    combo = np.zeros((1, 0), dtype=np.int64)
+    b, d = np.zeros(1, dtype=np.int64), np.zeros(1)
+    for layer, opts in sets:
+        k = opts[_undominated(b_in[layer][opts], d_in[layer][opts])]
+        nb = (b[:, None] + b_in[layer][k][None, :]).ravel()
+        nd = (d[:, None] + d_in[layer][k][None, :]).ravel()
+        rows = np.concatenate(
+            [np.repeat(combo, k.size, axis=0), np.tile(k, combo.shape[0])[:, None]], axis=1
+        )
+        keep = _undominated(nb, nd)
+        combo, b, d = rows[keep], nb[keep], nd[keep]
+    return combo, b, d
 
 
 def _merge_groups(

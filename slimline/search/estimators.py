@@ -92,6 +92,12 @@ class DamageEstimator(ABC):
     def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
         """Damage of ``w_hat`` in place of ``w`` on layer ``geom``."""
 
+    def joint_damage(self, changes: Sequence[tuple[LayerGeometry, torch.Tensor]]) -> float | None:
+        """Measured damage of several layers' weights replaced at once (``(geom, w_hat)``
+        each), in the units of `damage`; None where the estimator cannot measure (it does not
+        run the model)."""
+        return None
+
 
 class FisherEstimator(DamageEstimator):
     """damage = sum F * (w - w_hat)^2, F the Fisher diagonal (see the module doc): with
@@ -170,6 +176,13 @@ class FisherEstimator(DamageEstimator):
         increase, so the two are in the same units)."""
         assert self.measured is not None
         return 2.0 * self.measured.damage(geom, w, w_hat)
+
+    def joint_damage(self, changes: Sequence[tuple[LayerGeometry, torch.Tensor]]) -> float | None:
+        """Twice the measured loss increase of the changes together (as `measure`)."""
+        if self.measured is None:
+            return None
+        joint = self.measured.joint_damage(changes)
+        return None if joint is None else 2.0 * joint
 
     def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
         estimate, far = self.estimate(geom, w, w_hat)
@@ -276,14 +289,19 @@ class LossDeltaEstimator(DamageEstimator):
         self.base_loss = self._loss()
 
     def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
+        return self.joint_damage([(geom, w_hat)])
+
+    def joint_damage(self, changes: Sequence[tuple[LayerGeometry, torch.Tensor]]) -> float:
         with calibration_mode(self.model, self.device), torch.no_grad():
-            param = layer_weight(self.model, geom)
-            saved = param.detach().clone()
+            params = [layer_weight(self.model, geom) for geom, _ in changes]
+            saved = [p.detach().clone() for p in params]
             try:
-                param.copy_(w_hat)
+                for p, (_, w_hat) in zip(params, changes, strict=True):
+                    p.copy_(w_hat)
                 loss = self._loss()
             finally:
-                param.copy_(saved)
+                for p, old in zip(params, saved, strict=True):
+                    p.copy_(old)
         return loss - self.base_loss
 
     def _loss(self) -> float:

@@ -26,7 +26,7 @@ from torch import nn
 
 from slimline.errors import InvalidOption
 from slimline.search.accounting import kept_count, layer_bytes
-from slimline.search.allocation import Allocation, allocate, byte_range, pareto_front
+from slimline.search.allocation import Allocation, Joint, allocate, byte_range, pareto_front
 from slimline.search.compressed import CompressedWeight
 from slimline.search.estimators import (
     DamageEstimator,
@@ -121,6 +121,9 @@ class LayerScores:
                 f"layer {self.name!r}: damages must be finite", field="scores", value=self.name
             )
 
+    def option_strs(self) -> list[str]:
+        return [o.to_str() for o in self.options]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -144,6 +147,31 @@ class LayerScores:
             ) from None
 
 
+@dataclass(frozen=True)
+class JointDamage:
+    """The measured damage of some layers taking the given options together (`branches`)."""
+
+    layers: list[str]  # layer names
+    options: list[str]  # the option of each layer (`LayerOption.to_str` form)
+    damage: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "options": list(self.options), "damage": self.damage}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JointDamage:
+        try:
+            return cls(
+                layers=[str(n) for n in data["layers"]],
+                options=[str(o) for o in data["options"]],
+                damage=float(data["damage"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidOption(
+                f"a joint damage needs layers, options and damage: {exc}", field="joints"
+            ) from None
+
+
 @dataclass(frozen=True, eq=False)
 class Scores:
     """Scores of every compressible layer of a model: enough to allocate any budget."""
@@ -153,11 +181,21 @@ class Scores:
     layers: list[LayerScores]
     estimator: str  # name of the damage estimator that produced the damages
     groups: list[list[str]] = field(default_factory=list)  # tied layers: same option each
+    joints: list[JointDamage] = field(default_factory=list)  # measured joint damages
 
     def __post_init__(self) -> None:
         index = {ls.name: i for i, ls in enumerate(self.layers)}
         if len(index) != len(self.layers):
             raise InvalidOption("layer names in scores must be unique", field="scores")
+        for jt in self.joints:
+            for name, opt in zip(jt.layers, jt.options, strict=True):
+                if name not in index or opt not in self.layers[index[name]].option_strs():
+                    raise InvalidOption(
+                        f"joint damage names layer {name!r} with option {opt!r}, which the "
+                        "scores do not have",
+                        field="joints",
+                        value=name,
+                    )
         for group in self.groups:
             unknown = [n for n in group if n not in index]
             if unknown:
@@ -173,15 +211,30 @@ class Scores:
                 )
 
     # ------------------------------------------------------------------------- allocation
-    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], list[list[int]]]:
+    def _arrays(self) -> dict[str, Any]:
+        """The knapsack's arguments: per-layer bytes and damage, tied groups and joints."""
         index = {ls.name: i for i, ls in enumerate(self.layers)}
-        groups = [[index[n] for n in g] for g in self.groups]
-        return [ls.bytes for ls in self.layers], [ls.damage for ls in self.layers], groups
+        joints = [
+            Joint(
+                tuple(index[n] for n in jt.layers),
+                tuple(
+                    self.layers[index[n]].option_strs().index(o)
+                    for n, o in zip(jt.layers, jt.options, strict=True)
+                ),
+                jt.damage,
+            )
+            for jt in self.joints
+        ]
+        return {
+            "bytes": [ls.bytes for ls in self.layers],
+            "damage": [ls.damage for ls in self.layers],
+            "groups": [[index[n] for n in g] for g in self.groups],
+            "joints": joints,
+        }
 
     def allocation(self, layer_budget: int, solver: str = "exact") -> Allocation:
         """The least-damage choice whose layer bytes fit ``layer_budget``."""
-        b, d, groups = self._arrays()
-        return allocate(b, d, layer_budget, solver=solver, groups=groups)
+        return allocate(budget=layer_budget, solver=solver, **self._arrays())
 
     def resolve(self, layer_budget: int, solver: str = "exact") -> Plan:
         """The plan of the least-damage allocation within ``layer_budget`` layer bytes."""
@@ -190,18 +243,16 @@ class Scores:
 
     def pareto(self, points: int = 40) -> list[dict[str, Any]]:
         """Optimal (bytes, damage) at ``points`` budgets from `min_bytes` to `max_bytes`."""
-        b, d, groups = self._arrays()
-        return [{"bytes": nb, "damage": nd} for nb, nd in pareto_front(b, d, points, groups=groups)]
+        front = pareto_front(points=points, **self._arrays())
+        return [{"bytes": nb, "damage": nd} for nb, nd in front]
 
     def min_bytes(self) -> int:
         """The fewest layer bytes any allocation needs (every layer at its cheapest option)."""
-        b, d, groups = self._arrays()
-        return byte_range(b, d, groups=groups)[0]
+        return byte_range(**self._arrays())[0]
 
     def max_bytes(self) -> int:
         """Layer bytes of the least-damage allocation: no budget above it lowers damage."""
-        b, d, groups = self._arrays()
-        return byte_range(b, d, groups=groups)[1]
+        return byte_range(**self._arrays())[1]
 
     # ---------------------------------------------------------------------- serialization
     def to_dict(self) -> dict[str, Any]:
@@ -209,6 +260,7 @@ class Scores:
             "version": self.VERSION,
             "estimator": self.estimator,
             "groups": [list(g) for g in self.groups],
+            "joints": [jt.to_dict() for jt in self.joints],
             "layers": [ls.to_dict() for ls in self.layers],
         }
 
@@ -228,6 +280,7 @@ class Scores:
             layers=[LayerScores.from_dict(x) for x in layers],
             estimator=str(data.get("estimator", "")),
             groups=[[str(n) for n in g] for g in data.get("groups", [])],
+            joints=[JointDamage.from_dict(x) for x in data.get("joints", [])],
         )
 
 
@@ -247,6 +300,7 @@ def score_model(
     budget: int | None = None,
     solver: str = "exact",
     monotone: bool = True,
+    branches: Sequence[Sequence[str]] = (),
 ) -> Scores:
     """Bytes and damage of every option of every layer, from one calibration pass.
 
@@ -266,6 +320,10 @@ def score_model(
     that compress at least as much (`compresses_at_least`): 30-60% fewer forward passes on the
     zoo models, exact where damage grows with compression along those chains
     (`_measure_for_budget`).
+
+    ``branches`` (`branches.removal_branches`): sets of layers whose removal together is
+    measured, one forward pass each, and stored as a `JointDamage` the knapsack can take in
+    place of the sum of their removals (none where the estimator does not run the model).
     """
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     geoms = list(geoms)
@@ -295,7 +353,10 @@ def score_model(
             out.append(LayerScores(geom.name, opts, nbytes, damage))
             if progress is not None:
                 progress({"step": step, "total": len(geoms)})
-        scores = Scores(out, est.name, [list(g) for g in groups])
+        tied = {n for g in groups for n in g}
+        branches = [b for b in branches if not tied.intersection(b)]
+        joints = _joint_removals(est, model, geoms, out, branches)
+        scores = Scores(out, est.name, [list(g) for g in groups], joints)
         if lazy:
             assert isinstance(est, FisherEstimator) and budget is not None
             _measure_for_budget(est, scores, pending, budget, solver, monotone)
@@ -356,8 +417,13 @@ def _measure_for_budget(
     ``far`` is updated in place; damages are raised in ``scores`` in place.
     """
     while True:
-        choice = scores.allocation(budget, solver).choice
-        todo = [(i, int(c)) for i, c in enumerate(choice) if layers[i].far[int(c)]]
+        a = scores.allocation(budget, solver)
+        joined = {n for j in a.joints for n in scores.joints[j].layers}  # damage measured jointly
+        todo = [
+            (i, int(c))
+            for i, c in enumerate(a.choice)
+            if layers[i].far[int(c)] and scores.layers[i].name not in joined
+        ]
         if not todo:
             return
         for i, j in todo:
@@ -367,6 +433,34 @@ def _measure_for_budget(
                 for k in np.flatnonzero(p.far):
                     if compresses_at_least(ls.options[k], ls.options[j]):
                         ls.damage[k] = max(ls.damage[k], ls.damage[j])
+
+
+def _joint_removals(
+    est: DamageEstimator,
+    model: nn.Module,
+    geoms: Sequence[LayerGeometry],
+    scored: list[LayerScores],
+    branches: Sequence[Sequence[str]],
+) -> list[JointDamage]:
+    """The measured damage of removing each branch's layers at once; none where the estimator
+    cannot measure, and no joint for a branch with a layer that cannot be removed."""
+    by_name = {g.name: g for g in geoms}
+    options = {ls.name: ls.option_strs() for ls in scored}
+    removed = REMOVED.to_str()
+    out = []
+    for branch in branches:
+        if any(removed not in options.get(n, ()) for n in branch):
+            continue
+        changes = []
+        for n in branch:
+            w = layer_weight(model, by_name[n]).detach()
+            with torch.no_grad():
+                changes.append((by_name[n], CompressedWeight(REMOVED, w).to(w.device)(w)))
+        damage = est.joint_damage(changes)
+        if damage is None:
+            return []
+        out.append(JointDamage(list(branch), [removed] * len(branch), damage))
+    return out
 
 
 def _fisher_layer(

@@ -2,9 +2,10 @@
 
 The scores are what the job's scoring pass stored (``Scores.to_dict()`` of
 ``slimline.search.scoring``: per layer its option strings, exact bytes and damage, plus tied
-groups). Two more numbers are needed: ``fixed_bytes`` (file bytes outside the scored layers:
-other tensors and the header) and ``dense_bytes`` (to resolve a ratio). They are read from the
-scores when the worker stored them there, else from the finished job's metrics
+groups and measured joint damages). Two more numbers are needed: ``fixed_bytes`` (file bytes
+outside the scored layers: other tensors and the header) and ``dense_bytes`` (to resolve a
+ratio). They are read from the scores when the worker stored them there, else from the
+finished job's metrics
 (``other_bytes + header_bytes``, ``dense_bytes``), else from the model's inspection.
 The knapsack is ``slimline.search.allocation``, which needs only numpy; we read the stored
 JSON directly rather than through ``Scores`` because that module imports torch.
@@ -23,23 +24,36 @@ from slimline.db import artifacts, uploads
 from slimline.db.session import session_scope
 from slimline.errors import Conflict, InfeasibleBudget, InvalidOption
 from slimline.schemas import ResolveOut
-from slimline.search.allocation import allocate, byte_range
+from slimline.search.allocation import Joint, allocate, byte_range
 
 
-def _parse(
-    scores: dict[str, Any],
-) -> tuple[list[str], list[list[str]], list[Any], list[Any], list[list[int]]]:
+def _parse(scores: dict[str, Any]) -> tuple[list[str], list[list[str]], dict[str, Any]]:
+    """(layer names, their option strings, the knapsack's arguments) of stored scores."""
     try:
         layers = scores["layers"]
         names = [str(x["name"]) for x in layers]
         options = [[str(o) for o in x["options"]] for x in layers]
-        nbytes = [np.asarray(x["bytes"], dtype=np.int64) for x in layers]
-        damage = [np.asarray(x["damage"], dtype=np.float64) for x in layers]
         index = {n: i for i, n in enumerate(names)}
-        groups = [[index[str(n)] for n in g] for g in scores.get("groups", [])]
+        joints = [
+            Joint(
+                tuple(index[str(n)] for n in j["layers"]),
+                tuple(
+                    options[index[str(n)]].index(str(o))
+                    for n, o in zip(j["layers"], j["options"], strict=True)
+                ),
+                float(j["damage"]),
+            )
+            for j in scores.get("joints", [])
+        ]
+        knapsack = {
+            "bytes": [np.asarray(x["bytes"], dtype=np.int64) for x in layers],
+            "damage": [np.asarray(x["damage"], dtype=np.float64) for x in layers],
+            "groups": [[index[str(n)] for n in g] for g in scores.get("groups", [])],
+            "joints": joints,
+        }
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidOption(f"stored scores are malformed: {exc}", field="scores") from None
-    return names, options, nbytes, damage, groups
+    return names, options, knapsack
 
 
 def resolve(engine: Engine, tenant: jobs.Tenant, job_id: str, budget_text: str) -> ResolveOut:
@@ -55,7 +69,7 @@ def resolve(engine: Engine, tenant: jobs.Tenant, job_id: str, budget_text: str) 
             field="job_id",
             value=job_id,
         )
-    names, options, nbytes, damage, groups = _parse(scores)
+    names, options, knapsack = _parse(scores)
     metrics = job.metrics or {}
     fixed = scores.get("fixed_bytes")
     if fixed is None:
@@ -69,7 +83,7 @@ def resolve(engine: Engine, tenant: jobs.Tenant, job_id: str, budget_text: str) 
             field="budget",
         )
     budget_bytes = budget.resolve(int(dense or 0))
-    smallest = byte_range(nbytes, damage, groups=groups)[0] + fixed
+    smallest = byte_range(**knapsack)[0] + fixed
     if budget_bytes < smallest:
         raise InfeasibleBudget(
             f"budget {budget} ({budget_bytes} bytes) is below the smallest size these scores "
@@ -77,7 +91,7 @@ def resolve(engine: Engine, tenant: jobs.Tenant, job_id: str, budget_text: str) 
             field="budget",
             value=str(budget),
         )
-    a = allocate(nbytes, damage, budget_bytes - fixed, groups=groups)
+    a = allocate(budget=budget_bytes - fixed, **knapsack)
     return ResolveOut(
         job_id=job_id,
         budget=str(budget),

@@ -13,6 +13,7 @@ import pytest
 
 from slimline.errors import InfeasibleBudget, InvalidOption
 from slimline.search.allocation import (
+    Joint,
     allocate,
     byte_range,
     lp_bound,
@@ -57,12 +58,18 @@ def brute_force(
     damage: list[np.ndarray],
     budget: int,
     groups: list[list[int]] | tuple = (),
+    joints: list[Joint] | tuple = (),
 ) -> tuple[float, int] | None:
-    """(least damage, its bytes) over every choice within the budget; None if none fits."""
+    """(least damage, its bytes) over every choice within the budget; None if none fits.
+    A choice that takes a joint's combination has the joint's damage for those layers."""
     shape = tuple(len(b) for b in bytes_)
     idx = np.indices(shape).reshape(len(shape), -1)  # [layers, choices]
     total_b = sum(b[i] for b, i in zip(bytes_, idx, strict=True))
     total_d = sum(d[i] for d, i in zip(damage, idx, strict=True))
+    for jt in joints:
+        taken = np.all([idx[x] == o for x, o in zip(jt.layers, jt.options, strict=True)], axis=0)
+        summed = sum(damage[x][o] for x, o in zip(jt.layers, jt.options, strict=True))
+        total_d = np.where(taken, total_d - summed + jt.damage, total_d)
     ok = total_b <= budget
     for g in groups:
         for other in g[1:]:
@@ -109,6 +116,66 @@ def test_exact_equals_brute_force(with_groups: bool) -> None:
             assert len({a.choice[i] for i in g}) == 1
         checked += 1
     assert checked == 320
+
+
+def test_joint_damage_replaces_the_sum_and_exact_equals_brute_force() -> None:
+    """Joints (e.g. a block's layers removed together) at a damage below, or above, the sum
+    of their layers' damages: every solver stays within budget, exact equals brute force, and
+    the reported damage and taken joints are those of the choice."""
+    taken_somewhere = 0
+    for seed in range(200):
+        rng = np.random.default_rng(1000 + seed)
+        bytes_, damage = random_instance(rng)
+        joints = []
+        for layers in ([0, 1, 2], [4, 5]):
+            opts = tuple(int(rng.integers(0, 5)) for _ in layers)
+            summed = sum(float(damage[x][o]) for x, o in zip(layers, opts, strict=True))
+            factor = rng.choice([0.0, 0.3, 1.5])
+            joints.append(Joint(tuple(layers), opts, summed * factor - 0.01 * (factor == 0)))
+        lo, _ = byte_range(bytes_, damage, joints=joints)
+        hi = sum(int(b.max()) for b in bytes_)
+        budget = int(rng.integers(lo, hi + 1))
+        best = brute_force(bytes_, damage, budget, joints=joints)
+        assert best is not None
+        for solver in ("exact", "greedy", "milp"):
+            a = allocate(bytes_, damage, budget, solver=solver, joints=joints)
+            b, d = cost(bytes_, damage, a.choice)
+            taken = [
+                j
+                for j, jt in enumerate(joints)
+                if all(a.choice[x] == o for x, o in zip(jt.layers, jt.options, strict=True))
+            ]
+            for j in taken:
+                jt = joints[j]
+                d += jt.damage - sum(
+                    damage[x][o] for x, o in zip(jt.layers, jt.options, strict=True)
+                )
+            assert a.bytes == b <= budget
+            assert a.damage == pytest.approx(d, rel=1e-9, abs=1e-12), (seed, solver)
+            assert a.damage >= best[0] - 1e-9 * max(1.0, abs(best[0]))
+            if solver != "greedy":
+                assert a.damage == pytest.approx(best[0], rel=1e-9, abs=1e-9), (seed, solver)
+            # a joint combination that is dominated may be taken without being reported
+            assert set(a.joints) <= set(taken)
+            taken_somewhere += bool(a.joints)
+    assert taken_somewhere > 20  # the instances do exercise the joint rows
+
+
+def test_a_cheap_joint_removal_wins_over_keeping_one_layer_of_a_dead_pair() -> None:
+    # alone: removing either layer costs 5, so the least damage at 10 bytes keeps one layer
+    # at 10 bytes; together the pair costs 5 as well (the second adds nothing): remove both
+    # and spend the 10 bytes on layer 2
+    bytes_ = [np.array([0, 10]), np.array([0, 10]), np.array([0, 10])]
+    damage = [np.array([5.0, 0.0]), np.array([5.0, 0.0]), np.array([4.0, 0.0])]
+    a = allocate(bytes_, damage, 20)
+    assert a.choice.count(0) == 1 and a.damage == pytest.approx(4.0)
+    joint = Joint((0, 1), (0, 0), 5.0)
+    a = allocate(bytes_, damage, 10, joints=[joint])
+    assert (a.choice, a.bytes, a.damage, a.joints) == ([0, 0, 1], 10, 5.0, (0,))
+    with pytest.raises(ValueError, match="tied or in another joint"):
+        allocate(bytes_, damage, 10, joints=[joint], groups=[[0, 2]])
+    with pytest.raises(ValueError, match="no option 2"):
+        allocate(bytes_, damage, 10, joints=[Joint((0, 1), (0, 2), 1.0)])
 
 
 def test_infeasible_budget_names_the_smallest_size() -> None:

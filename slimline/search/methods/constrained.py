@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimline.search.branches import removal_branches
 from slimline.search.compressed import CompressedWeight
 from slimline.search.estimators import DamageEstimator, FisherEstimator, get_estimator
 from slimline.search.methods.base import SearchContext, SearchMethod, register
@@ -69,6 +70,9 @@ class ConstrainedSettings(MethodSettings):
     # 98.90 -> 99.35; README Benchmarks): half the steps train a dense W pulled towards the
     # plan instead of the compressed model itself.
     projections: int = 0
+    # measure removing each branch's layers together (a block's attention, its MLP:
+    # `branches.removal_branches`) as one more knapsack option, one forward pass each
+    joint_removal: bool = True
 
 
 @register
@@ -103,6 +107,7 @@ class ConstrainedMethod(SearchMethod):
             progress=ctx.progress,
             budget=ctx.layer_budget,  # far options measured where this budget's choice needs
             solver=s.solver,
+            branches=removal_branches([g.name for g in ctx.geoms]) if s.joint_removal else (),
             **kw,
         )
         self.report["scores_seconds"] = self.report.get("scores_seconds", 0.0) + (
