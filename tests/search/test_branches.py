@@ -128,3 +128,18 @@ def test_estimators_that_do_not_run_the_model_measure_no_joints(mnist, trained) 
         trained, geoms, mnist, batches=2, estimator="hessian", branches=[["block.fc1", "block.fc2"]]
     )
     assert scores.joints == []
+
+
+@pytest.mark.parametrize("joint_removal", [True, False])
+def test_the_default_method_measures_joint_removals_unless_told_not_to(
+    mnist, trained, joint_removal: bool
+) -> None:
+    from slimline.search.methods import SearchContext, get_method
+
+    geoms = find_layers(trained)
+    dense = sum(4 * g.numel for g in geoms)
+    ctx = SearchContext(trained, geoms, mnist, payload_budget=dense // 64, other_bytes=0)
+    method = get_method("constrained", {"joint_removal": joint_removal, "calibration_batches": 2})
+    method.propose(ctx)
+    joints = method.last_scores.joints
+    assert [jt.layers for jt in joints] == ([["block.fc1", "block.fc2"]] if joint_removal else [])
