@@ -23,9 +23,8 @@ def removal_branches(names: Sequence[str], max_layers: int = MAX_BRANCH_LAYERS) 
     ``fc2``, a ResNet block's ``conv1`` and ``conv2``, without its shortcut's ``downsample``),
     then all the layers under one module, deepest modules first (an attention's ``q``, ``k``,
     ``v``, ``out``; a MobileNet block's convolutions in their sub-sequences), where none is
-    taken yet. The root
-    module is never a branch: removing every layer of a model is not an option worth a
-    measurement.
+    taken yet. The root module is never a branch: removing every layer of a model is not an
+    option worth a measurement.
     """
     parent = {n: n.rsplit(".", 1)[0] if "." in n else "" for n in names}
     direct: dict[str, list[str]] = {}
