@@ -76,6 +76,28 @@ class Joint:
     damage: float
 
 
+def named_joints(
+    names: Sequence[str],
+    options: Sequence[Sequence[str]],
+    joints: Sequence[tuple[Sequence[str], Sequence[str], float]],
+) -> list[Joint]:
+    """`Joint`s from (layer names, option strings, damage) triples, given every layer's name
+    and option strings (how stored scores name them). Raises KeyError or ValueError for a
+    name or option the layers do not have."""
+    index = {n: i for i, n in enumerate(names)}
+    return [
+        Joint(
+            tuple(index[str(n)] for n in layers),
+            tuple(
+                list(options[index[str(n)]]).index(str(o))
+                for n, o in zip(layers, opts, strict=True)
+            ),
+            float(damage),
+        )
+        for layers, opts, damage in joints
+    ]
+
+
 def allocate(
     bytes: Sequence[np.ndarray],
     damage: Sequence[np.ndarray],

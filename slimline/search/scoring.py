@@ -26,7 +26,13 @@ from torch import nn
 
 from slimline.errors import InvalidOption
 from slimline.search.accounting import kept_count, layer_bytes
-from slimline.search.allocation import Allocation, Joint, allocate, byte_range, pareto_front
+from slimline.search.allocation import (
+    Allocation,
+    allocate,
+    byte_range,
+    named_joints,
+    pareto_front,
+)
 from slimline.search.compressed import CompressedWeight
 from slimline.search.estimators import (
     DamageEstimator,
@@ -214,17 +220,11 @@ class Scores:
     def _arrays(self) -> dict[str, Any]:
         """The knapsack's arguments: per-layer bytes and damage, tied groups and joints."""
         index = {ls.name: i for i, ls in enumerate(self.layers)}
-        joints = [
-            Joint(
-                tuple(index[n] for n in jt.layers),
-                tuple(
-                    self.layers[index[n]].option_strs().index(o)
-                    for n, o in zip(jt.layers, jt.options, strict=True)
-                ),
-                jt.damage,
-            )
-            for jt in self.joints
-        ]
+        joints = named_joints(
+            [ls.name for ls in self.layers],
+            [ls.option_strs() for ls in self.layers],
+            [(jt.layers, jt.options, jt.damage) for jt in self.joints],
+        )
         return {
             "bytes": [ls.bytes for ls in self.layers],
             "damage": [ls.damage for ls in self.layers],

@@ -5,8 +5,8 @@ The scores are what the job's scoring pass stored (``Scores.to_dict()`` of
 groups and measured joint damages). Two more numbers are needed: ``fixed_bytes`` (file bytes
 outside the scored layers: other tensors and the header) and ``dense_bytes`` (to resolve a
 ratio). They are read from the scores when the worker stored them there, else from the
-finished job's metrics
-(``other_bytes + header_bytes``, ``dense_bytes``), else from the model's inspection.
+finished job's metrics (``other_bytes + header_bytes``, ``dense_bytes``), else from the
+model's inspection.
 The knapsack is ``slimline.search.allocation``, which needs only numpy; we read the stored
 JSON directly rather than through ``Scores`` because that module imports torch.
 """
@@ -24,7 +24,7 @@ from slimline.db import artifacts, uploads
 from slimline.db.session import session_scope
 from slimline.errors import Conflict, InfeasibleBudget, InvalidOption
 from slimline.schemas import ResolveOut
-from slimline.search.allocation import Joint, allocate, byte_range
+from slimline.search.allocation import allocate, byte_range, named_joints
 
 
 def _parse(scores: dict[str, Any]) -> tuple[list[str], list[list[str]], dict[str, Any]]:
@@ -34,17 +34,11 @@ def _parse(scores: dict[str, Any]) -> tuple[list[str], list[list[str]], dict[str
         names = [str(x["name"]) for x in layers]
         options = [[str(o) for o in x["options"]] for x in layers]
         index = {n: i for i, n in enumerate(names)}
-        joints = [
-            Joint(
-                tuple(index[str(n)] for n in j["layers"]),
-                tuple(
-                    options[index[str(n)]].index(str(o))
-                    for n, o in zip(j["layers"], j["options"], strict=True)
-                ),
-                float(j["damage"]),
-            )
-            for j in scores.get("joints", [])
-        ]
+        joints = named_joints(
+            names,
+            options,
+            [(j["layers"], j["options"], j["damage"]) for j in scores.get("joints", [])],
+        )
         knapsack = {
             "bytes": [np.asarray(x["bytes"], dtype=np.int64) for x in layers],
             "damage": [np.asarray(x["damage"], dtype=np.float64) for x in layers],
