@@ -179,10 +179,7 @@ class FisherEstimator(DamageEstimator):
 
     def joint_damage(self, changes: Sequence[tuple[LayerGeometry, torch.Tensor]]) -> float | None:
         """Twice the measured loss increase of the changes together (as `measure`)."""
-        if self.measured is None:
-            return None
-        joint = self.measured.joint_damage(changes)
-        return None if joint is None else 2.0 * joint
+        return None if self.measured is None else 2.0 * self.measured.joint_damage(changes)
 
     def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
         estimate, far = self.estimate(geom, w, w_hat)
