@@ -30,7 +30,12 @@ dense model instead (its own hash) for trying the code path quickly; the suite's
 shared recipe.
 
 The optuna method's search trains too (its proxy: ``trials`` x ``proxy_steps`` QAT steps on
-copies); those steps are part of its search seconds, not of the fine-tuning budget.
+copies). As BENCHMARKS.md asks ("the same number of fine-tuning steps in total"), those steps
+come out of its step cap: 8 trials share half of it (`optuna_split`), the best plan fine-tunes
+for the rest; their seconds are part of its search seconds.
+
+``--jobs`` cells run at once (default: CPUs // threads on the CPU, 1 on a GPU), the longest
+first; each cell's seconds are then measured with the others running beside it.
 
 Each cell runs in its own spawned child process (its peak RSS is the cell's peak memory); a cell
 that cannot reach its budget is recorded ``infeasible``, one that crashes is recorded ``error``
@@ -51,8 +56,10 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +124,31 @@ METHODS: dict[str, Method] = {
         Method("slimline", "constrained", slope=True),
     ]
 }
+
+
+# BENCHMARKS.md gives optuna "the same number of fine-tuning steps in total": its trials'
+# proxy QAT steps come out of the cell's step cap. OPTUNA_TRIALS trials share at most
+# OPTUNA_PROXY_SHARE of the cap (and never more than the method's default proxy steps each);
+# the best plan fine-tunes for what is left.
+OPTUNA_TRIALS = 8
+OPTUNA_PROXY_SHARE = 0.5
+OPTUNA_BUDGET_NOTE = " (optuna: its trials' proxy steps included)"
+
+
+def optuna_split(max_steps: int, settings: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The optuna settings and the fine-tuning step cap that together train ``max_steps``
+    steps. ``trials`` and ``proxy_steps`` given in ``settings`` are kept (their steps still
+    come out of the cap)."""
+    from slimline.search.methods.optuna_search import OptunaSettings
+
+    trials = int(settings.get("trials", OPTUNA_TRIALS))
+    if "proxy_steps" in settings:
+        proxy = int(settings["proxy_steps"])
+    else:
+        share = int(max_steps * OPTUNA_PROXY_SHARE) // trials
+        proxy = max(1, min(OptunaSettings().proxy_steps, share))
+    rest = max(1, max_steps - trials * proxy)
+    return {**settings, "trials": trials, "proxy_steps": proxy}, rest
 
 
 def ablation_methods() -> dict[str, Method]:
@@ -287,6 +319,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         # (ADMM re-projections): the search's whole cost
         scores_seconds=report.get("scores_seconds"),
         allocation_seconds=report.get("allocation_seconds"),
+        searches=report.get("searches") or None,  # bitshare's gate searches
         total_seconds=report["total_seconds"],  # the job's stages, inspect to verify
         child_seconds=row["total_seconds"],  # the job + imports and the report
         timings=t,
@@ -494,7 +527,9 @@ def render_markdown(doc: dict[str, Any], title: str) -> str:
             parts.append(f"- {task}: dense model failed: {dense.get('error')}")
     parts += [
         f"- fine-tuning for every method: {meta['finetune_budget']}; seed {meta['seed']}; "
-        f"{meta['threads'] or 'default'} torch thread(s); {meta['machine']}, "
+        f"{meta['threads'] or 'default'} torch thread(s)"
+        + (f", {meta['jobs']} cells at once" if meta.get("jobs", 1) > 1 else "")
+        + f"; {meta['machine']}, "
         f"{meta['cpus']} CPUs"
         + (f"; device {meta['device']}" if meta.get("device", "cpu") != "cpu" else "")
         + (f"; wall time {meta['wall_seconds']:.0f} s" if meta.get("wall_seconds") else ""),
@@ -579,6 +614,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, help="fine-tuning steps, every method")
     p.add_argument("--epochs", type=float, help="fine-tuning epochs, every method")
     p.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
+    p.add_argument("--jobs", type=int, help="cells at once (default: CPUs // threads; 1 on a GPU)")
     p.add_argument(
         "--device", default="cpu", help="where cells run: cpu (default), cuda[:N] or auto"
     )
@@ -614,6 +650,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.cache_dir is None:
         env = os.environ.get("SLIMLINE_CACHE_DIR")
         args.cache_dir = Path(env) if env else WORK / "cache"
+    if args.jobs is None:  # cells on one GPU would share it: one at a time unless asked
+        args.jobs = default_jobs(args.threads) if args.device == "cpu" else 1
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
     args.date_given = args.date is not None
     args.date = args.date or dt.datetime.now(dt.UTC).date().isoformat()
     return args
@@ -645,6 +685,12 @@ def make_cells(
     t = TASKS[task]
     max_steps = args.max_steps if args.max_steps is not None else t.finetune_steps
     out_dir = WORK / "cells" / f"{run}-{os.getpid()}"
+    split = {
+        m.label: optuna_split(max_steps, dict(m.settings or {}))
+        if m.method == "optuna"
+        else (dict(m.settings or {}), max_steps)
+        for m in methods
+    }
     return [
         Cell(
             task=task,
@@ -653,9 +699,9 @@ def make_cells(
             search_method=m.method,
             finetune=m.finetune_settings(),
             train=m.train,
-            method_settings=dict(m.settings or {}),
+            method_settings=split[m.label][0],
             epochs=args.epochs,
-            max_steps=max_steps,
+            max_steps=split[m.label][1],
             data_root=str(args.data_root),
             cache_dir=str(args.cache_dir),
             out=str(out_dir / f"{task}-{m.label}-{ratio:g}x.slim.safetensors"),
@@ -670,119 +716,73 @@ def make_cells(
     ]
 
 
+# Relative cost of a cell (seconds of one core, roughly, from the 2026-11-23 runs), so that
+# `--jobs` > 1 starts the longest cells first and the run does not end on one long cell.
+TASK_COST = {"bytegpt": 10.0, "lenet5": 2.0, "lenet300": 0.5, "digits": 0.2}
+METHOD_COST = {"bitshare": 3.0, "optuna": 2.0, "constrained": 1.2, "uniform-ptq": 0.3}
+
+
+def cell_cost(cell: Cell) -> float:
+    return TASK_COST.get(cell.task, 1.0) * METHOD_COST.get(cell.method, 1.0)
+
+
+def default_jobs(threads: int | None) -> int:
+    """Cells run side by side: one per ``threads`` cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, threads or 1))
+
+
 def run_suite(args: argparse.Namespace, argv: list[str] | None = None) -> list[Path]:
     """Every (task, budget, method) cell; a document per task (per run for the ablation),
-    written after every cell. Returns the files written."""
+    written after every cell. ``args.jobs`` cells run at once, each in its own process, the
+    longest first. Returns the files written."""
     args.results.mkdir(parents=True, exist_ok=True)
     known = ablation_methods() if args.ablation else METHODS
     methods = [known[m] for m in args.methods]
-    written: list[Path] = []
+    t_run = time.perf_counter()
     # The ablation is one document over its tasks; the suite writes one per task.
     groups = [("ablation", args.tasks)] if args.ablation else [(t, [t]) for t in args.tasks]
+    docs: list[tuple[dict[str, Any], Path, float]] = []  # doc, stem, wall seconds before
+    pending: list[tuple[int, Cell]] = []
     for group, tasks in groups:
         # --quick files are named apart, so a quick check never mixes with a full run's file.
         name = group + ("-quick" if args.quick else "")
-        t_group = time.perf_counter()
         stem = args.results / f"{args.date}-{name}"
-        meta = {
-            "date": args.date,
-            "command": _command(argv),
-            "kind": "ablation" if args.ablation else "suite",
-            "tasks": tasks,
-            "methods": args.methods,
-            "method_settings": {m.label: asdict(m) for m in methods},
-            "epochs": args.epochs,
-            "max_steps": {
-                t: args.max_steps if args.max_steps is not None else TASKS[t].finetune_steps
-                for t in tasks
-            },
-            "finetune_budget": "",
-            "seed": args.seed,
-            "threads": args.threads,
-            "device": args.device,
-            "machine": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "dense_steps": args.dense_steps,
-            "dense": {},
-        }
-        steps = meta["max_steps"]
-        meta["finetune_budget"] = (
-            (f"{args.epochs:g} epochs, " if args.epochs is not None else "the recipe's epochs, ")
-            + "at most "
-            + ", ".join(f"{s} steps ({t})" for t, s in steps.items())
-            + (" (uniform-ptq: none)" if "uniform-ptq" in args.methods else "")
-        )
-        doc: dict[str, Any] = {"meta": meta, "cells": []}
+        doc = _new_doc(args, argv, tasks, methods)
         if args.resume:
-            old = _load_resume(stem, name, args.results, explicit_date=args.date_given)
-            if old is not None:
-                same = all(old["meta"].get(k) == meta[k] for k in ("epochs", "max_steps", "seed"))
-                if not same:
-                    raise SystemExit(
-                        f"--resume: {stem}.json was run with other fine-tuning settings "
-                        f"(epochs/max_steps/seed); start a new file with --date"
-                    )
-                doc["cells"] = [c for c in old["cells"] if c.get("status") in ("ok", "infeasible")]
-                meta["dense"] = old["meta"].get("dense", {})
-                meta["wall_seconds"] = old["meta"].get("wall_seconds", 0.0)
-                meta["command"] = old["meta"].get("command", meta["command"])
+            _resume_into(doc, stem, name, args)
+        docs.append((doc, stem, doc["meta"].pop("wall_seconds", None) or 0.0))
         for task in tasks:
-            budgets = args.budgets or TASKS[task].budgets
-            dense = meta["dense"].get(task)
-            if dense is None or dense.get("status") != "ok":
-                print(f"[{task}] dense model ...", flush=True)
-                dense = in_child(
-                    "prepare_dense",
-                    DenseJob(
-                        task,
-                        str(args.data_root),
-                        str(args.cache_dir),
-                        args.threads,
-                        args.dense_steps,
-                        args.seed,
-                    ),
-                )
-                meta["dense"][task] = dense
-                write_doc(doc, stem, _title(args))
-            if dense.get("status") != "ok":
-                print(f"[{task}] dense model failed: {dense.get('error')}", flush=True)
-                for cell in make_cells(task, budgets, methods, args, None):
-                    doc["cells"].append(
-                        {
-                            "task": task,
-                            "method": cell.method,
-                            "search_method": cell.search_method,
-                            "ratio_target": cell.ratio,
-                            "status": "error",
-                            "error": f"dense model failed: {dense.get('error')}",
-                        }
-                    )
-                write_doc(doc, stem, _title(args))
-                continue
-            print(
-                f"[{task}] dense {100 * dense['metric']:.2f}% (hash {dense['hash']}, "
-                f"{'trained' if dense['trained'] else 'cached'}, {dense['seconds']:.0f} s)",
-                flush=True,
-            )
-            done = {(c["task"], c["method"], c["ratio_target"]) for c in doc["cells"]}
-            lang = TASKS[task].data == "pycode"
-            for cell in make_cells(task, budgets, methods, args, dense.get("weights"), name):
-                if (task, cell.method, cell.ratio) in done:
-                    continue
-                t0 = time.perf_counter()
-                row = in_child("run_cell", cell, timeout=args.cell_timeout)
-                row.setdefault("task", task)
-                row.setdefault("method", cell.method)
-                row.setdefault("ratio_target", cell.ratio)
-                row.setdefault("search_method", cell.search_method)
-                row["cell_seconds"] = round(time.perf_counter() - t0, 3)  # with process start
-                doc["cells"].append(row)
-                write_doc(doc, stem, _title(args))
-                print(markdown([row], language=lang).splitlines()[-1], flush=True)
-        meta["wall_seconds"] = round(
-            (meta.get("wall_seconds") or 0.0) + time.perf_counter() - t_group, 1
-        )
+            cells = _task_cells(doc, stem, task, methods, args, name)
+            pending += [(len(docs) - 1, c) for c in cells]
+    if args.jobs > 1:
+        pending.sort(key=lambda p: -cell_cost(p[1]))
+    lock = threading.Lock()
+
+    def run_one(item: tuple[int, Cell]) -> None:
+        i, cell = item
+        t0 = time.perf_counter()
+        row = in_child("run_cell", cell, timeout=args.cell_timeout)
+        row.setdefault("task", cell.task)
+        row.setdefault("method", cell.method)
+        row.setdefault("ratio_target", cell.ratio)
+        row.setdefault("search_method", cell.search_method)
+        row["cell_seconds"] = round(time.perf_counter() - t0, 3)  # with process start
+        doc, stem, _ = docs[i]
+        with lock:
+            doc["cells"].append(row)
+            write_doc(doc, stem, _title(args))
+            lang = TASKS[cell.task].data == "pycode"
+            print(markdown([row], language=lang).splitlines()[-1], flush=True)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for future in [pool.submit(run_one, p) for p in pending]:
+            future.result()  # in_child never raises for a cell; anything else is a bug
+
+    written: list[Path] = []
+    wall = time.perf_counter() - t_run
+    for (doc, stem, before), (group, _) in zip(docs, groups, strict=True):
+        # with several documents in one run, each gets the run's wall time (cells interleave)
+        doc["meta"]["wall_seconds"] = round(before + wall, 1)
         write_doc(doc, stem, _title(args))
         written += [stem.with_suffix(".json"), stem.with_suffix(".md")]
         if not args.ablation:
@@ -791,6 +791,114 @@ def run_suite(args: argparse.Namespace, argv: list[str] | None = None) -> list[P
                 written.append(png)
         print("\n" + render_markdown(doc, _title(args)) + "\n", flush=True)
     return written
+
+
+def _new_doc(
+    args: argparse.Namespace, argv: list[str] | None, tasks: list[str], methods: list[Method]
+) -> dict[str, Any]:
+    meta = {
+        "date": args.date,
+        "command": _command(argv),
+        "kind": "ablation" if args.ablation else "suite",
+        "tasks": tasks,
+        "methods": args.methods,
+        "method_settings": {m.label: asdict(m) for m in methods},
+        "epochs": args.epochs,
+        "max_steps": {
+            t: args.max_steps if args.max_steps is not None else TASKS[t].finetune_steps
+            for t in tasks
+        },
+        "finetune_budget": "",
+        "seed": args.seed,
+        "threads": args.threads,
+        "jobs": args.jobs,
+        "device": args.device,
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "dense_steps": args.dense_steps,
+        "dense": {},
+    }
+    steps = meta["max_steps"]
+    meta["finetune_budget"] = (
+        (f"{args.epochs:g} epochs, " if args.epochs is not None else "the recipe's epochs, ")
+        + "at most "
+        + ", ".join(f"{s} steps ({t})" for t, s in steps.items())
+        + (" (uniform-ptq: none)" if "uniform-ptq" in args.methods else "")
+        + (OPTUNA_BUDGET_NOTE if "optuna" in args.methods else "")
+    )
+    return {"meta": meta, "cells": []}
+
+
+def _resume_into(doc: dict[str, Any], stem: Path, name: str, args: argparse.Namespace) -> None:
+    """Carry the finished cells (and dense models, wall time, command) of the file to
+    continue into ``doc``."""
+    meta = doc["meta"]
+    old = _load_resume(stem, name, args.results, explicit_date=args.date_given)
+    if old is None:
+        return
+    same = all(old["meta"].get(k) == meta[k] for k in ("epochs", "max_steps", "seed"))
+    if not same:
+        raise SystemExit(
+            f"--resume: {stem}.json was run with other fine-tuning settings "
+            f"(epochs/max_steps/seed); start a new file with --date"
+        )
+    doc["cells"] = [c for c in old["cells"] if c.get("status") in ("ok", "infeasible")]
+    meta["dense"] = old["meta"].get("dense", {})
+    meta["wall_seconds"] = old["meta"].get("wall_seconds", 0.0)
+    meta["command"] = old["meta"].get("command", meta["command"])
+
+
+def _task_cells(
+    doc: dict[str, Any], stem: Path, task: str, methods: list[Method],
+    args: argparse.Namespace, name: str,
+) -> list[Cell]:  # fmt: skip
+    """The task's dense model (trained or found cached, in a child), then the cells still to
+    run; a task whose dense model failed gets every cell recorded as an error."""
+    meta = doc["meta"]
+    budgets = args.budgets or TASKS[task].budgets
+    dense = meta["dense"].get(task)
+    if dense is None or dense.get("status") != "ok":
+        print(f"[{task}] dense model ...", flush=True)
+        dense = in_child(
+            "prepare_dense",
+            DenseJob(
+                task,
+                str(args.data_root),
+                str(args.cache_dir),
+                args.threads,
+                args.dense_steps,
+                args.seed,
+            ),
+        )
+        meta["dense"][task] = dense
+        write_doc(doc, stem, _title(args))
+    if dense.get("status") != "ok":
+        print(f"[{task}] dense model failed: {dense.get('error')}", flush=True)
+        for cell in make_cells(task, budgets, methods, args, None):
+            doc["cells"].append(
+                {
+                    "task": task,
+                    "method": cell.method,
+                    "search_method": cell.search_method,
+                    "ratio_target": cell.ratio,
+                    "status": "error",
+                    "error": f"dense model failed: {dense.get('error')}",
+                }
+            )
+        write_doc(doc, stem, _title(args))
+        return []
+    print(
+        f"[{task}] dense {100 * dense['metric']:.2f}% (hash {dense['hash']}, "
+        f"{'trained' if dense['trained'] else 'cached'}, {dense['seconds']:.0f} s)",
+        flush=True,
+    )
+    done = {(c["task"], c["method"], c["ratio_target"]) for c in doc["cells"]}
+    return [
+        c
+        for c in make_cells(task, budgets, methods, args, dense.get("weights"), name)
+        if (task, c.method, c.ratio) not in done
+    ]
 
 
 def _title(args: argparse.Namespace) -> str:

@@ -65,6 +65,8 @@ def build_report(state: JobState) -> dict[str, Any]:
         "allocation_seconds": state.search_report.get("allocation_seconds"),
         "pareto": pareto_curve(state),
         "projections": state.search_report.get("projections", []),
+        # bitshare: lambda, gated bytes and last loss of each gate search
+        "searches": state.search_report.get("searches", []),
         "finetune": state.finetune_recipe,
         "total_seconds": round(sum(state.timings.values()), 3),
         "seed": state.spec.seed,

@@ -55,6 +55,12 @@ from slimline.search.layers import LayerGeometry, is_graph_module
 from slimline.search.training import TrainData, batches, set_training_mode, task_loss
 
 
+def calibration_examples(task: str, examples: int) -> int:
+    """How many examples a calibration loss is measured on: ``examples``, or for a language
+    model, whose example is a whole sequence of tokens, 1/8 as many (at least 4)."""
+    return max(4, examples // 8) if task == "language" else examples
+
+
 class DamageEstimator(ABC):
     """Estimates the loss damage of replacing a layer's weight ``w`` by ``w_hat``.
 
@@ -148,9 +154,7 @@ class FisherEstimator(DamageEstimator):
                 n += 1
         self.fisher = {g.name: s / max(1, n) for g, s in zip(geoms, sums, strict=True)}
         if self.measured is not None:
-            # a language model's example is a whole sequence: measure on 1/8 as many
-            if data.task == "language":
-                self.measured.examples = max(4, self.measure_examples // 8)
+            self.measured.examples = calibration_examples(data.task, self.measure_examples)
             self.measured.prepare(
                 model, geoms, data, batches=batches, batch_size=batch_size, device=device,
                 seed=seed,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from bench import suite
+from slimline.search.methods.optuna_search import OptunaSettings
 from slimline.search.settings import FinetuneSettings
 
 
@@ -53,6 +55,60 @@ def test_suite_cells_on_digits(tmp_path: Path, data_root: Path, cache_dir: Path)
     assert [c["total_seconds"] for c in again["cells"]] == [
         c["total_seconds"] for c in doc["cells"]
     ]
+
+
+@pytest.mark.slow
+def test_cells_run_side_by_side(tmp_path: Path, data_root: Path, cache_dir: Path) -> None:
+    args = suite.parse_args(
+        [
+            "--tasks", "digits", "--methods", "uniform-ptq", "uniform-qat", "--budgets", "16",
+            "32", "--max-steps", "3", "--dense-steps", "150", "--jobs", "2", "--date",
+            "2000-01-02", "--data-root", str(data_root), "--cache-dir", str(cache_dir),
+            "--results", str(tmp_path),
+        ]
+    )  # fmt: skip
+    suite.run_suite(args, [])
+    doc = json.loads((tmp_path / "2000-01-02-digits.json").read_text())
+    assert doc["meta"]["jobs"] == 2 and doc["meta"]["wall_seconds"] > 0
+    got = {(c["method"], c["ratio_target"]): c for c in doc["cells"]}
+    assert set(got) == {(m, r) for m in ("uniform-ptq", "uniform-qat") for r in (16.0, 32.0)}
+    for key, cell in got.items():
+        assert cell["status"] == "ok" and cell["reload_equal"] and cell["within_budget"], key
+    # the markdown lists every cell in the suite's order, whichever finished first
+    md = (tmp_path / "2000-01-02-digits.md").read_text()
+    order = [line.split(" | ")[1:3] for line in md.splitlines() if line.startswith("| digits")]
+    assert order == [["16x", "uniform-ptq"], ["16x", "uniform-qat"], ["32x", "uniform-ptq"],
+                     ["32x", "uniform-qat"]]  # fmt: skip
+    assert "2 cells at once" in md
+
+
+def test_longest_cells_go_first_and_jobs_default_to_the_cores() -> None:
+    args = suite.parse_args(["--max-steps", "10"])
+    cells = suite.make_cells("bytegpt", [16.0], list(suite.METHODS.values()), args, None)
+    cells += suite.make_cells("digits", [16.0], list(suite.METHODS.values()), args, None)
+    ranked = sorted(cells, key=lambda c: -suite.cell_cost(c))
+    assert (ranked[0].task, ranked[0].method) == ("bytegpt", "bitshare")
+    assert ranked[-1].task == "digits"
+    assert suite.default_jobs(1) == max(1, os.cpu_count() or 1)
+    assert suite.parse_args(["--device", "cuda"]).jobs == 1  # one GPU: one cell at a time
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--jobs", "0"])
+
+
+@pytest.mark.parametrize("cap", [10, 100, 200, 300, 100_000])
+def test_optuna_trials_come_out_of_the_step_cap(cap: int) -> None:
+    settings, rest = suite.optuna_split(cap, {})
+    trials, proxy = settings["trials"], settings["proxy_steps"]
+    assert trials == suite.OPTUNA_TRIALS and 1 <= proxy <= OptunaSettings().proxy_steps
+    if cap >= 2 * trials:
+        assert trials * proxy + rest == cap  # the same steps in total as every other method
+        assert trials * proxy <= suite.OPTUNA_PROXY_SHARE * cap
+    # explicit settings are kept; their steps still come out of the cap
+    kept, rest = suite.optuna_split(cap, {"trials": 2, "proxy_steps": 3})
+    assert kept == {"trials": 2, "proxy_steps": 3} and rest == max(1, cap - 6)
+    args = suite.parse_args(["--max-steps", str(cap)])
+    cell = suite.make_cells("lenet5", [64.0], [suite.METHODS["optuna"]], args, None)[0]
+    assert cell.method_settings == settings and cell.max_steps == suite.optuna_split(cap, {})[1]
 
 
 def test_an_unreachable_budget_is_recorded_infeasible(tmp_path: Path, data_root: Path) -> None:

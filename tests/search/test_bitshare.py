@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from slimline.search.accounting import layer_bytes, layer_options, plan_bytes
 from slimline.search.compressed import apply_plan
 from slimline.search.layers import find_layers
 from slimline.search.methods import SearchContext, get_method
-from slimline.search.methods.bitshare import BitShareSettings
+from slimline.search.methods.bitshare import BitShareSettings, LambdaBracket
 from slimline.search.methods.bitshare_gates import (
     BitShareWeight,
     GatedConfig,
@@ -26,6 +27,7 @@ from slimline.search.methods.bitshare_gates import (
 )
 from slimline.search.options import REMOVED, LayerOption, Plan
 from slimline.search.position_codes import position_stream_bytes
+from slimline.search.scoring import candidate_options
 from tests.search.conftest import digits_context
 
 ONE, ZERO = torch.tensor(1.0), torch.tensor(0.0)
@@ -122,6 +124,19 @@ def test_kept_fraction_maps_to_removed_dense_or_nearest_density() -> None:
     assert steps[fp16].tolist() == [0, 4]  # same level; 4 -> 5 -> 6 -> 8 -> 16 bits
 
 
+def test_a_gated_point_with_no_option_on_it_still_has_neighbours() -> None:
+    # low densities come at 2-4 bits only: 8 bits with 1/16 kept is 3 width steps from them
+    geom = find_layers(nn.Sequential(nn.Linear(512, 64)))[0]
+    grid = OptionGrid(candidate_options(geom))  # bitshare's candidates
+    cfg = GatedConfig(bits=8, kept=0.0625)
+    assert grid.steps(cfg).max(axis=1).min() > 1
+    near = grid.near(cfg, 1)
+    assert near and grid.nearest(cfg) in near  # before, none: the search crashed on it
+    assert len(near) < len(grid.options) // 4  # a neighbourhood, not every candidate
+    closest = int(grid.steps(cfg).max(axis=1).min())
+    assert len(grid.near(cfg, closest)) == len(near)  # as close as the closest, no closer
+
+
 def test_settings_are_validated_and_round_trip() -> None:
     method = get_method("bitshare", {"search_steps": 10, "lambda_iters": 2})
     assert isinstance(method.settings, BitShareSettings)
@@ -130,6 +145,54 @@ def test_settings_are_validated_and_round_trip() -> None:
         BitShareSettings(lambda_min=1.0, lambda_max=0.5)
     with pytest.raises(InvalidOption, match="group_rows"):
         get_method("bitshare", {"group_rows": 0})
+
+
+# ------------------------------------------------------------------------ the lambda bracket
+def _searches_to_land(
+    bracket: LambdaBracket, size_of: Any, budget: float, most: int = 12
+) -> tuple[list[tuple[float, int]], list[float]]:
+    """Drive the bracket against ``size_of(lambda)`` until the bytes land in [0.9, 1] budget;
+    the (lambda, bytes) tried and the bracket's (log) width after each."""
+    tried, widths = [], []
+    for _ in range(most):
+        lam = bracket.next()
+        assert math.exp(bracket.lo) < lam < math.exp(bracket.hi)  # strictly inside
+        size = size_of(lam)
+        tried.append((lam, size))
+        bracket.record(lam, size, fits=size <= budget)
+        widths.append(bracket.hi - bracket.lo)
+        if 0.9 * budget <= size <= budget:
+            break
+    return tried, widths
+
+
+@pytest.mark.parametrize("slope", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("at", [0.003, 0.2, 3.0])  # the lambda that gives the budget
+def test_the_secant_lands_in_the_window_in_few_searches(slope: float, at: float) -> None:
+    # gated bytes fall as a power of lambda (log-linear), as the log-bytes penalty makes them
+    budget = 30_000.0
+
+    def size_of(lam: float) -> int:
+        return int(0.95 * budget * (lam / at) ** -slope)
+
+    tried, _ = _searches_to_land(LambdaBracket(1e-3, 10.0, 0.95 * budget), size_of, budget)
+    assert 0.9 * budget <= tried[-1][1] <= budget, tried
+    assert len(tried) <= 4, tried
+    # plain bisection on the same curve needs at least as many searches
+    bisect = LambdaBracket(1e-3, 10.0, 0.95 * budget)
+    bisect.next = lambda: math.exp((bisect.lo + bisect.hi) / 2)  # type: ignore[method-assign]
+    assert len(_searches_to_land(bisect, size_of, budget)[0]) >= len(tried)
+
+
+def test_the_bracket_shrinks_on_a_curve_that_is_not_monotone() -> None:
+    # the search collapses past some lambda: the bytes drop to almost nothing
+    def size_of(lam: float) -> int:
+        return 100 if lam > 0.5 else int(10_000 * lam**-0.5)
+
+    bracket = LambdaBracket(1e-3, 10.0, 0.95 * 30_000)
+    tried, widths = _searches_to_land(bracket, size_of, 30_000.0, most=8)
+    assert all(b < a for a, b in zip(widths, widths[1:], strict=False)), widths
+    assert 0.9 * 30_000 <= tried[-1][1] <= 30_000, tried  # lands before the collapse
 
 
 # ------------------------------------------------------------------- on digits-cnn, for real

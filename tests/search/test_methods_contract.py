@@ -106,3 +106,12 @@ def test_settings_round_trip_and_unknown_keys_are_refused(name: str) -> None:
     assert again.settings == method.settings
     with pytest.raises(InvalidOption, match="no_such_knob"):
         get_method(name, {"no_such_knob": 1})
+
+
+def test_a_language_calibration_measures_an_eighth_as_many_sequences() -> None:
+    from slimline.search.estimators import calibration_examples
+
+    # a language example is a whole sequence (128 tokens for bytegpt)
+    assert calibration_examples("language", 512) == 64
+    assert calibration_examples("language", 10) == 4
+    assert calibration_examples("classification", 512) == 512

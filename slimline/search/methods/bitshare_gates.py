@@ -272,9 +272,9 @@ class OptionGrid:
         return out
 
     def near(self, cfg: GatedConfig, radius: int) -> list[LayerOption]:
-        """The options at most ``radius`` steps from ``cfg`` on each ladder."""
-        away = self.steps(cfg).max(axis=1)
-        return [o for o, a in zip(self.options, away, strict=True) if a <= radius]
+        """The options at most ``radius`` steps from ``cfg`` on each ladder (`within`)."""
+        keep = within(self.steps(cfg), radius)
+        return [o for o, k in zip(self.options, keep, strict=True) if k]
 
     def nearest(self, cfg: GatedConfig) -> LayerOption:
         """The option that says what the gates say: at the gated level and width, preferring
@@ -292,3 +292,12 @@ class OptionGrid:
             ),
         )
         return self.options[best]
+
+
+def within(steps: np.ndarray, radius: int) -> np.ndarray:
+    """bool [N]: which options ([N, 2] ladder steps, `OptionGrid.steps`) lie at most
+    ``radius`` steps away on each ladder — or, where no option is that close, as close as the
+    closest one: the grid may hold nothing near the gated point (low densities come at 2-4
+    bits only, so 8 bits with 1/16 of the weights kept is 3 width steps from them)."""
+    far = steps.max(axis=1)
+    return far <= max(radius, int(far.min()))
