@@ -8,10 +8,11 @@ fine-tuning of the fixed plan, from the same dense weights every method starts f
 
 What we do differently from the paper:
   - the cost is the layer's bytes in slimline's accounting, not BOPs;
-  - lambda is not a hand-set knob: a bisection on log(lambda), a few short searches from the
-    same dense start, puts the gated configuration's bytes near the budget. Those bytes are
-    exact (positions included) for the options nearest the gates, so the lambda search corrects
-    what the search's differentiable estimate leaves out;
+  - lambda is not a hand-set knob: a root search on log(lambda) (`LambdaBracket`: bisection,
+    then secant steps), a few short searches from the same dense start, puts the gated
+    configuration's bytes near the budget. Those bytes are exact (positions included) for the
+    options nearest the gates, so the lambda search corrects what the search's differentiable
+    estimate leaves out;
   - the paper has no hard constraint; we project exactly onto the byte budget with the
     multiple-choice knapsack of `allocation`: each layer may take the option nearest its gated
     configuration or a neighbour (one step more/fewer bits, denser/sparser; or the closest
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from slimline.search.scoring import Scores
 
 # the next lambda stays this share of the (log) bracket away from either end (`LambdaBracket`)
-FALSE_POSITION_MARGIN = 0.1
+LAMBDA_STEP_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class BitShareSettings(MethodSettings):
     gate_lr: float = 1e-2  # Adam lr of the gate thresholds (which live in [0, 1])
     group_rows: int = 4  # output channels per pruning gate (the paper: 4 on CIFAR ResNets)
     batch_size: int = 64  # search mini-batch
-    lambda_min: float = 1e-3  # bisection bracket on the byte penalty's weight (log scale)
+    lambda_min: float = 1e-3  # the lambda search's bracket on the byte penalty's weight
     lambda_max: float = 10.0
     lambda_iters: int = 5  # most searches the lambda search runs
     tolerance: float = 0.1  # stop once the gated bytes land in [(1 - tolerance) budget, budget]
@@ -145,7 +146,7 @@ class LambdaBracket:
     bracket; then log bytes are taken as linear in log lambda (the log-bytes penalty makes them
     nearly so): through the last search with slope -1 after one search, the secant of the
     last two after that, aiming at ``target`` bytes; the step is kept inside the bracket,
-    `FALSE_POSITION_MARGIN` of it from either end, so the bracket always shrinks, and a secant
+    `LAMBDA_STEP_MARGIN` of it from either end, so the bracket always shrinks, and a secant
     that does not fall (noise, a collapsed search) bisects instead. On power-law curves of
     bytes against lambda, bisection needs 3-8 searches (100 training steps each) to land in a
     10% window that the secant reaches in 2-4 (tests/search/test_bitshare.py). bytegpt's
@@ -169,7 +170,7 @@ class LambdaBracket:
                 slope = (f1 - f0) / (x1 - x0) if x1 != x0 else 0.0
             if slope < 0:
                 x = x1 + (self.target - f1) / slope
-            margin = FALSE_POSITION_MARGIN * width
+            margin = LAMBDA_STEP_MARGIN * width
             x = min(self.hi - margin, max(self.lo + margin, x))
         return math.exp(x)
 
@@ -313,8 +314,7 @@ class BitShareMethod(SearchMethod):
     ) -> Plan:
         """The least-damage plan within the budget among the scored options at most ``radius``
         ladder steps from each gated configuration (or the closest ones, `within`; see the
-        module doc), for the first radius
-        (None: any distance) at which a plan fits."""
+        module doc), for the first radius (None: any distance) at which a plan fits."""
         from slimline.search.allocation import allocate
 
         geoms = {g.name: g for g in ctx.geoms}
