@@ -129,11 +129,11 @@ def test_a_gated_point_with_no_option_on_it_still_has_neighbours() -> None:
     geom = find_layers(nn.Sequential(nn.Linear(512, 64)))[0]
     grid = OptionGrid(candidate_options(geom))  # bitshare's candidates
     cfg = GatedConfig(bits=8, kept=0.0625)
-    assert grid.steps(cfg).max(axis=1).min() > 1
+    closest = int(grid.steps(cfg).max(axis=1).min())
+    assert closest > 1
     near = grid.near(cfg, 1)
     assert near and grid.nearest(cfg) in near  # before, none: the search crashed on it
     assert len(near) < len(grid.options) // 4  # a neighbourhood, not every candidate
-    closest = int(grid.steps(cfg).max(axis=1).min())
     assert len(grid.near(cfg, closest)) == len(near)  # as close as the closest, no closer
 
 
