@@ -447,10 +447,20 @@ def prepare_dense(job: DenseJob) -> dict[str, Any]:
         "trained": source.startswith("trained:"),
         "seconds": round(time.perf_counter() - t0, 3),
         "recipe": asdict(recipe),
+        # the recipe hash names how the weights were trained; the same recipe gives other
+        # weights on another CPU (its float kernels round differently), so the file's digest
+        # is what says two results started from the same dense model
+        "sha256": _file_sha256(path),
         "metric": ev["metric"],
         "bits_per_byte": ev.get("bits_per_token"),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
+
+
+def _file_sha256(path: str) -> str:
+    from slimline.loader import file_sha256
+
+    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------- output
@@ -515,7 +525,9 @@ def render_markdown(doc: dict[str, Any], title: str) -> str:
             )
             parts.append(
                 f"- {task}: dense {TASKS[task].metric} {100 * dense['metric']:.2f}%{bpb} "
-                f"(weights hash {dense['hash']}, recipe {dense['recipe']['epochs']:g} epochs"
+                f"(recipe hash {dense['hash']}"
+                + (f", weights sha256 {dense['sha256'][:12]}" if dense.get("sha256") else "")
+                + f", recipe {dense['recipe']['epochs']:g} epochs"
                 + (
                     f", at most {dense['recipe']['max_steps']} steps"
                     if dense["recipe"].get("max_steps")
@@ -849,6 +861,29 @@ def _resume_into(doc: dict[str, Any], stem: Path, name: str, args: argparse.Name
     meta["command"] = old["meta"].get("command", meta["command"])
 
 
+def check_same_dense(task: str, recorded: dict[str, Any] | None, dense: dict[str, Any]) -> None:
+    """--resume: the cells already in the file must have started from the weights the new ones
+    will start from (the same sha256), or the table would compare methods across two dense
+    models; a file from before the digest was recorded is carried on with a warning."""
+    old = (recorded or {}).get("sha256")
+    new = dense.get("sha256")
+    if dense.get("status") != "ok" or old == new:
+        return
+    if old is None:
+        print(
+            f"[{task}] warning: the file does not record its dense weights' sha256; the cells "
+            f"carried over may have started from other weights than {str(new)[:12]}",
+            flush=True,
+        )
+        return
+    raise SystemExit(
+        f"--resume: {task}'s dense weights are now sha256 {str(new)[:12]}..., but the file's "
+        f"cells started from {old[:12]}... (a different machine or cache trains other weights "
+        "from the same recipe); start a new file with --date, or put the original weights "
+        "back in --cache-dir"
+    )
+
+
 def _task_cells(
     doc: dict[str, Any], stem: Path, task: str, methods: list[Method],
     args: argparse.Namespace, name: str,
@@ -857,22 +892,23 @@ def _task_cells(
     run; a task whose dense model failed gets every cell recorded as an error."""
     meta = doc["meta"]
     budgets = args.budgets or TASKS[task].budgets
-    dense = meta["dense"].get(task)
-    if dense is None or dense.get("status") != "ok":
-        print(f"[{task}] dense model ...", flush=True)
-        dense = in_child(
-            "prepare_dense",
-            DenseJob(
-                task,
-                str(args.data_root),
-                str(args.cache_dir),
-                args.threads,
-                args.dense_steps,
-                args.seed,
-            ),
-        )
-        meta["dense"][task] = dense
-        write_doc(doc, stem, _title(args))
+    recorded = meta["dense"].get(task)
+    print(f"[{task}] dense model ...", flush=True)
+    dense = in_child(
+        "prepare_dense",
+        DenseJob(
+            task,
+            str(args.data_root),
+            str(args.cache_dir),
+            args.threads,
+            args.dense_steps,
+            args.seed,
+        ),
+    )
+    if any(c["task"] == task for c in doc["cells"]):
+        check_same_dense(task, recorded, dense)
+    meta["dense"][task] = dense
+    write_doc(doc, stem, _title(args))
     if dense.get("status") != "ok":
         print(f"[{task}] dense model failed: {dense.get('error')}", flush=True)
         for cell in make_cells(task, budgets, methods, args, None):
@@ -890,6 +926,7 @@ def _task_cells(
         return []
     print(
         f"[{task}] dense {100 * dense['metric']:.2f}% (hash {dense['hash']}, "
+        f"sha256 {dense['sha256'][:12]}, "
         f"{'trained' if dense['trained'] else 'cached'}, {dense['seconds']:.0f} s)",
         flush=True,
     )

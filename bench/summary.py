@@ -6,7 +6,8 @@ Prints markdown: a row per (task, budget), a column per method, each cell the re
 (compressed metric / dense metric) in percent; the best of a row in bold; "inf." where the
 method cannot reach the budget, "err." for a cell that failed, blank for a cell not run. Under
 it, per slimline cell, the search's share of fine-tuning time (every scoring pass and solve,
-the plan stage's and the re-projections', over fine-tuning without them).
+the plan stage's and the re-projections', over fine-tuning without them). A warning follows
+when the files of one task started from different dense weights (recorded sha256).
 """
 
 from __future__ import annotations
@@ -25,6 +26,24 @@ def _cells(paths: list[Path]) -> list[dict[str, Any]]:
         data = json.loads(p.read_text())
         out += data["cells"] if isinstance(data, dict) else data
     return out
+
+
+def dense_mismatches(paths: list[Path]) -> list[str]:
+    """One line per task whose files started from different dense weights (their recorded
+    sha256 differ): retentions of those files are not comparable cell for cell."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for p in paths:
+        data = json.loads(p.read_text())
+        dense = data.get("meta", {}).get("dense", {}) if isinstance(data, dict) else {}
+        for task, d in dense.items():
+            digest = str(d.get("sha256") or "not recorded")[:12]
+            seen.setdefault(task, {}).setdefault(digest, []).append(p.name)
+    return [
+        f"- {task}: dense weights differ between files: "
+        + "; ".join(f"{digest}: {', '.join(names)}" for digest, names in sorted(by.items()))
+        for task, by in sorted(seen.items())
+        if len(by) > 1
+    ]
 
 
 def _label(c: dict[str, Any]) -> str:
@@ -82,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cells = _cells(args.files)
     print(table(cells))
+    mismatches = dense_mismatches(args.files)
+    if mismatches:
+        print("\nwarning: rows mix results from different dense models:\n" + "\n".join(mismatches))
     shares = search_share(cells)
     if shares:
         print("\nslimline's search time over fine-tuning alone:\n" + shares)

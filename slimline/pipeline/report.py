@@ -116,7 +116,9 @@ def render_report(r: dict[str, Any]) -> str:
         f"metric    {r['metric']:.4f} (dense {r['dense_metric']:.4f}, retention "
         f"{100 * r['retention']:.2f}%)",
         f"verify    reloaded file equals trained model: {r['verify'].get('equal')} "
-        f"(max abs diff {r['verify'].get('max_abs_diff', float('nan')):.2e})",
+        f"({r['verify'].get('tensors', '?')} tensors, "
+        f"{len(r['verify'].get('tensors_differ', []))} differ; max abs diff of the outputs "
+        f"{r['verify'].get('max_abs_diff', float('nan')):.2e})",
         *(
             [
                 f"search    scoring {r['scores_seconds']:.1f}s, allocation "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,6 +32,7 @@ def test_suite_cells_on_digits(tmp_path: Path, data_root: Path, cache_dir: Path)
     dense = doc["meta"]["dense"]["digits"]
     assert dense["status"] == "ok" and len(dense["hash"]) == 16 and dense["metric"] > 0.5
     assert dense["recipe"]["max_steps"] == 150 and dense["weights"] == dense["path"]
+    assert dense["sha256"] == hashlib.sha256(Path(dense["path"]).read_bytes()).hexdigest()
     cells = {c["ratio_target"]: c for c in doc["cells"]}
     assert set(cells) == {16.0}
 
@@ -47,6 +49,7 @@ def test_suite_cells_on_digits(tmp_path: Path, data_root: Path, cache_dir: Path)
 
     md = stem.with_suffix(".md").read_text()
     assert "| digits | 16x | uniform-qat |" in md and "| yes | yes |" in md
+    assert f"weights sha256 {dense['sha256'][:12]}" in md
 
     # --resume skips the recorded cells: nothing runs again.
     args.resume = True
@@ -131,3 +134,32 @@ def test_baselines_use_plain_finetuning() -> None:
         assert m.finetune_settings() == ({} if label == "slimline" else plain), label
     assert not suite.METHODS["uniform-ptq"].train
     assert suite.ablation_methods()["naive"].finetune_settings() == plain
+
+
+def test_resume_refuses_cells_from_other_dense_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    ok = {"status": "ok", "sha256": "a" * 64}
+    suite.check_same_dense("lenet5", ok, dict(ok))  # the same weights: carried on
+    with pytest.raises(SystemExit, match="sha256 bbbbbbbbbbbb.*started from aaaaaaaaaaaa"):
+        suite.check_same_dense("lenet5", ok, {"status": "ok", "sha256": "b" * 64})
+    suite.check_same_dense("lenet5", {"status": "ok"}, ok)  # an older file: a warning only
+    assert "does not record its dense weights' sha256" in capsys.readouterr().out
+
+
+def test_summary_warns_when_files_started_from_other_dense_weights(tmp_path: Path) -> None:
+    from bench import summary
+
+    def doc(name: str, digest: str | None) -> Path:
+        dense = {"status": "ok", **({"sha256": digest} if digest else {})}
+        path = tmp_path / name
+        path.write_text(json.dumps({"meta": {"dense": {"lenet5": dense}}, "cells": []}))
+        return path
+
+    a, b, c = doc("a.json", "1" * 64), doc("b.json", "1" * 64), doc("c.json", "2" * 64)
+    assert summary.dense_mismatches([a, b]) == []
+    (line,) = summary.dense_mismatches([a, b, c])
+    assert (
+        line == "- lenet5: dense weights differ between files: 111111111111: a.json, b.json; "
+        "222222222222: c.json"
+    )
+    (line,) = summary.dense_mismatches([a, doc("d.json", None)])
+    assert "not recorded: d.json" in line
