@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check slimline tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy slimline
+	$(VENV)/bin/mypy slimline bench
 
 bench-pack: $(STAMP)
 	$(PY) -m bench.pack

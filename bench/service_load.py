@@ -265,7 +265,10 @@ async def hammer(
 
 def summarize(ep: Endpoint, out: Outcome, elapsed: float) -> dict[str, Any]:
     lat = np.asarray(out.latencies) * 1000.0
-    pct = (lambda q: float(np.percentile(lat, q))) if lat.size else (lambda q: float("nan"))
+
+    def pct(q: float) -> float:
+        return float(np.percentile(lat, q)) if lat.size else float("nan")
+
     return {
         "endpoint": ep.name,
         "request": f"{ep.method} {ep.url.split('&cursor=')[0]}"
@@ -513,9 +516,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if redis_url is not None:
                 import redis
 
-                r = redis.Redis.from_url(redis_url)
-                r.flushdb()  # it was empty when picked: only this run's messages are in it
-                r.close()
+                client = redis.Redis.from_url(redis_url)
+                client.flushdb()  # it was empty when picked: only this run's messages are in it
+                client.close()
             if args.keep_logs:
                 print(f"logs kept in {tmp}")
             else:

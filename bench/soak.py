@@ -171,7 +171,7 @@ def train_dense(path: Path, steps: int) -> None:
     model = build_model("digits-cnn", {})
     train(
         model,
-        load_dataset("digits"),  # type: ignore[arg-type]
+        load_dataset("digits"),
         TrainConfig(epochs=10, lr=3e-3, batch_size=64, max_steps=steps, seed=0),
     )
     save_zoo_weights(model, path)

@@ -59,6 +59,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -231,7 +232,7 @@ def _peak_gpu_mb() -> float | None:
     """Peak CUDA memory the cell's tensors took (torch's allocator); None if CUDA never ran."""
     import torch
 
-    if not torch.cuda.is_initialized():
+    if not torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         return None
     return torch.cuda.max_memory_allocated() / 2**20
 
@@ -331,7 +332,11 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
 
 def _child(fn_name: str, arg: Any, result_path: str) -> None:
-    fn = {"run_cell": run_cell, "prepare_dense": prepare_dense}[fn_name]
+    fns: dict[str, Callable[[Any], dict[str, Any]]] = {
+        "run_cell": run_cell,
+        "prepare_dense": prepare_dense,
+    }
+    fn = fns[fn_name]
     out = fn(arg)
     Path(result_path).write_text(json.dumps(out, default=str))
 
@@ -353,7 +358,8 @@ def in_child(fn_name: str, arg: Any, timeout: float | None = None) -> dict[str, 
         text = Path(result_path).read_text()
         if p.exitcode != 0 or not text:
             return {"status": "error", "error": f"child process exited with code {p.exitcode}"}
-        return json.loads(text)
+        out: dict[str, Any] = json.loads(text)
+        return out
     finally:
         Path(result_path).unlink(missing_ok=True)
 
@@ -675,7 +681,9 @@ def _command(argv: list[str] | None) -> str:
     return "python -m bench.suite " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
-def _load_resume(stem: Path, name: str, results: Path, explicit_date: bool) -> dict | None:
+def _load_resume(
+    stem: Path, name: str, results: Path, explicit_date: bool
+) -> dict[str, Any] | None:
     """The document to continue: ``stem``.json, else (no --date given) the newest
     ``*-<name>.json``."""
     path = stem.with_suffix(".json")
@@ -685,7 +693,8 @@ def _load_resume(stem: Path, name: str, results: Path, explicit_date: bool) -> d
     if not path.is_file():
         return None
     print(f"resuming from {path}", flush=True)
-    return json.loads(path.read_text())
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
 
 
 def make_cells(

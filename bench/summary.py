@@ -65,16 +65,16 @@ def table(cells: list[dict[str, Any]]) -> str:
         best = max(ok) if ok else None
         cols = []
         for m in methods:
-            c = by.get(m)
-            if c is None:
+            cell = by.get(m)
+            if cell is None:
                 cols.append("")
-            elif c.get("status") == "infeasible":
+            elif cell.get("status") == "infeasible":
                 cols.append("inf.")
-            elif c.get("status") != "ok":
+            elif cell.get("status") != "ok":
                 cols.append("err.")
             else:
-                text = f"{100 * c['retention']:.2f}"
-                cols.append(f"**{text}**" if c["retention"] == best else text)
+                text = f"{100 * cell['retention']:.2f}"
+                cols.append(f"**{text}**" if cell["retention"] == best else text)
         lines.append(f"| {task} | {budget:g}x | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 

@@ -28,13 +28,19 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 class TrainData(Protocol):
-    """What training needs of a dataset (slimline.models.datasets.Dataset satisfies it)."""
+    """What training needs of a dataset (slimline.models.datasets.Dataset satisfies it): read
+    only, so frozen dataclasses qualify."""
 
-    task: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
+    @property
+    def task(self) -> str: ...
+    @property
+    def x_train(self) -> torch.Tensor: ...
+    @property
+    def y_train(self) -> torch.Tensor: ...
+    @property
+    def x_val(self) -> torch.Tensor: ...
+    @property
+    def y_val(self) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
