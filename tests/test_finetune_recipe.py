@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from slimline.budget import Budget
@@ -15,6 +17,7 @@ from slimline.pipeline.stages import JobSpec, JobState, finetune_config
 
 
 def test_the_stretch_is_one_up_to_the_reference_and_four_a_doubling_past_it() -> None:
+    assert finetune_stretch(256.0, 128.0, math.log2(6.0)) == pytest.approx(6.0)
     assert finetune_stretch(8.0, 128.0) == 1.0
     assert finetune_stretch(128.0, 128.0) == 1.0
     assert finetune_stretch(256.0, 128.0) == pytest.approx(4.0)
@@ -38,9 +41,13 @@ def test_a_budget_past_the_models_reference_fine_tunes_longer() -> None:
     cfg, stretch = finetune_config(_state("lenet5", 64))
     assert (cfg.epochs, stretch) == (recipe.epochs, 1.0)
     cfg, stretch = finetune_config(_state("lenet5", 256))
-    assert stretch == pytest.approx(4.0, rel=1e-3)  # the budget rounds to whole bytes
-    assert cfg.epochs == pytest.approx(4 * recipe.epochs, rel=1e-3)
+    # lenet5 takes six times a doubling (FINETUNE_STRETCH_POWERS); the budget rounds to bytes
+    assert stretch == pytest.approx(6.0, rel=1e-3)
+    assert cfg.epochs == pytest.approx(6 * recipe.epochs, rel=1e-3)
     assert (cfg.lr, cfg.batch_size) == (recipe.lr, recipe.batch_size)  # only the length changes
+    cfg, stretch = finetune_config(_state("lenet300", 128))  # the others: four a doubling
+    assert stretch == pytest.approx(4.0, rel=1e-3)
+    assert cfg.epochs == pytest.approx(4 * FINETUNE_RECIPES["lenet300"].epochs, rel=1e-3)
 
 
 def test_the_users_epochs_replace_the_recipe_and_max_steps_caps_it() -> None:

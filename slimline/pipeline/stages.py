@@ -26,6 +26,8 @@ from slimline.pipeline.sources import (
     DEFAULT_REFERENCE_RATIO,
     FINETUNE_RECIPES,
     FINETUNE_REFERENCE_RATIO,
+    FINETUNE_STRETCH_POWER,
+    FINETUNE_STRETCH_POWERS,
     ModelSource,
     build_skeleton,
     check_data_fits,
@@ -272,7 +274,8 @@ def finetune_config(state: JobState) -> tuple[TrainConfig, float]:
     else:
         ratio = state.dense_bytes / max(1, state.budget_bytes)
         reference = FINETUNE_REFERENCE_RATIO.get(zoo, DEFAULT_REFERENCE_RATIO)
-        stretch = finetune_stretch(ratio, reference)
+        power = FINETUNE_STRETCH_POWERS.get(zoo, FINETUNE_STRETCH_POWER)
+        stretch = finetune_stretch(ratio, reference, power)
         kw["epochs"] = base.epochs * stretch
         if base.max_steps is not None:
             kw["max_steps"] = round(base.max_steps * stretch)
