@@ -60,7 +60,7 @@ DEFAULT_REFERENCE_RATIO = 32.0  # models without a measured recipe (uploaded pro
 # budget far past the reference does not make a job run for days.
 FINETUNE_STRETCH_POWER = 2.0
 # lenet5 takes six times a doubling (log2 6): at 256x on the CPU, 16 epochs kept 98.97% of the
-# dense accuracy and 24 epochs 99.10% (bench/results/2026-11-23g-lenet5-256x.md); lenet300
+# dense accuracy, 24 epochs 99.10-99.17% (bench/results/2026-11-23g-lenet5-256x.md); lenet300
 # (99.23% at 128x) and bytegpt (95.97% at 32x) reach their marks with four.
 FINETUNE_STRETCH_POWERS: dict[str, float] = {"lenet5": math.log2(6.0)}
 FINETUNE_MAX_STRETCH = 8.0
