@@ -376,7 +376,9 @@ def verify(state: JobState, progress: StageProgress) -> None:
     """Reload the file and compare it with the finalized in-memory model: every tensor bit for
     bit, then the outputs on the first `VERIFY_PROBE_EXAMPLES` validation examples (which
     catches a skeleton that wires the same tensors differently). Equal tensors through the
-    same computation give the same metric, so the validation set is not evaluated again."""
+    same computation give the same metric, so the validation set is not evaluated again
+    (DESIGN.md has verify re-run the held-out evaluation: for bytegpt that was a second full
+    pass, ~20 s a job on the CPU, proving less than the tensors' equality does)."""
     from slimline.loader import load
 
     assert state.model is not None
