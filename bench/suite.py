@@ -386,6 +386,7 @@ def prepare_dense(job: DenseJob) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
+    from slimline.loader import file_sha256
     from slimline.models.datasets import load_dataset
     from slimline.pipeline.sources import (
         DENSE_RECIPES,
@@ -456,17 +457,11 @@ def prepare_dense(job: DenseJob) -> dict[str, Any]:
         # the recipe hash names how the weights were trained; the same recipe gives other
         # weights on another CPU (its float kernels round differently), so the file's digest
         # is what says two results started from the same dense model
-        "sha256": _file_sha256(path),
+        "sha256": file_sha256(path),
         "metric": ev["metric"],
         "bits_per_byte": ev.get("bits_per_token"),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
-
-
-def _file_sha256(path: str) -> str:
-    from slimline.loader import file_sha256
-
-    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------- output
