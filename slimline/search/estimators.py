@@ -21,7 +21,7 @@ black-box search does and what we avoid: an estimator makes ONE pass over calibr
   free next to any measured far one; the sampled one agrees with measurement to a factor
   0.2-5 (`tests/search/test_scoring.py`).
   A second-order model is only good near w: where an option moves a layer far (relative
-  squared error above ``measure_above``, 0.1: removed layers, sparse ones, 2-bit ones) the
+  squared error above ``measure_above``, 0.1: removed layers, sparse ones, some 2-bit ones) the
   damage is at least twice the loss increase measured on ``measure_examples`` calibration
   examples (measured on lenet5, Fisher alone rated removing fc1 cheaper than keeping 1.5% of
   it, and the allocator took it: 11% accuracy at 128x). The diagonal misses how the errors of
