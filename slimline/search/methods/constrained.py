@@ -216,6 +216,8 @@ class ConstrainedMethod(SearchMethod):
                 "v": dict(v),
                 "plan": state["plan"].to_json(),
                 "report": json.dumps(self.report, default=str),
+                # what the re-projections measured so far: a resumed run reuses the same ratios
+                "ratios": json.dumps([[*key, r] for key, r in _ratios(self._estimator).items()]),
             }
 
         def load_extra(saved: dict[str, Any]) -> None:
@@ -225,6 +227,8 @@ class ConstrainedMethod(SearchMethod):
                 u[n] = u[n].to(ctx.device)
             state["plan"] = Plan.from_json(saved["plan"])
             self.report.update(json.loads(saved["report"]))
+            ratios = _ratios(self._estimator)
+            ratios.update({(n, o): float(r) for n, o, r in json.loads(saved.get("ratios", "[]"))})
 
         ckpt = None
         if checkpoint_dir is not None:
@@ -245,6 +249,11 @@ class ConstrainedMethod(SearchMethod):
         # the final structure: re-score and re-solve at the trained W, so the masks the QAT
         # phase starts from are exactly the ones the allocation counted
         return self._solve(ctx, self._score(ctx, model, restrict))
+
+
+def _ratios(est: DamageEstimator | None) -> dict[tuple[str, str], float]:
+    """The Fisher estimator's measured-to-estimated ratios (a throwaway dict for the others)."""
+    return est.ratios if isinstance(est, FisherEstimator) else {}
 
 
 def _stopped(ctx: SearchContext) -> bool:
