@@ -84,8 +84,13 @@ def search_share(cells: list[dict[str, Any]]) -> str:
     for c in cells:
         if _label(c) != "slimline" or c.get("status") != "ok" or c.get("scores_seconds") is None:
             continue
-        search = float(c["scores_seconds"]) + float(c.get("allocation_seconds") or 0.0)
-        inside = search - float(c.get("search_seconds") or 0.0)  # re-projections in fine-tune
+        search = (
+            float(c["scores_seconds"])
+            + float(c.get("allocation_seconds") or 0.0)
+            + float(c.get("probe_seconds") or 0.0)
+        )
+        # re-projections and probes run inside the fine-tune stage
+        inside = search - float(c.get("search_seconds") or 0.0)
         tuning = float(c["finetune_seconds"]) - max(0.0, inside)
         share = search / tuning if tuning > 0 else float("nan")
         lines.append(

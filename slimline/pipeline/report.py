@@ -63,6 +63,9 @@ def build_report(state: JobState) -> dict[str, Any]:
         "timings": {k: round(v, 3) for k, v in state.timings.items()},
         "scores_seconds": state.search_report.get("scores_seconds"),
         "allocation_seconds": state.search_report.get("allocation_seconds"),
+        # probing (constrained): the short fine-tunes that chose among nearby plans
+        "probe_seconds": state.search_report.get("probe_seconds"),
+        "probes": state.search_report.get("probes", []),
         "pareto": pareto_curve(state),
         "projections": state.search_report.get("projections", []),
         # bitshare: lambda, gated bytes and last loss of each gate search

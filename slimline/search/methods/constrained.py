@@ -34,11 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimline.errors import InvalidOption
 from slimline.search.branches import removal_branches
 from slimline.search.compressed import CompressedWeight
 from slimline.search.estimators import DamageEstimator, FisherEstimator, get_estimator
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
+from slimline.search.probes import run_probes
 from slimline.search.scoring import Scores, score_model
 from slimline.search.settings import MethodSettings
 from slimline.search.slope import distillation_loss
@@ -73,6 +75,31 @@ class ConstrainedSettings(MethodSettings):
     # measure removing each branch's layers together (a block's attention, its MLP:
     # `branches.removal_branches`) as one more knapsack option, one forward pass each
     joint_removal: bool = True
+    # Probing (`search.probes`): besides the knapsack's plan, re-solve with the damages of
+    # one of ``probe_groups`` runs of layers times ``probe_factor``, give each distinct plan
+    # ``probe_steps`` steps of the job's fine-tuning and keep the lowest held-out loss; all
+    # probes within ``probe_share`` of the fine-tuning steps. Not with the ADMM phase (it
+    # re-solves the plan itself). lenet5 256x at 300 steps: 91.99 -> 95.27%. 0 groups: off.
+    probe_groups: int = 4
+    probe_factor: float = 2.0
+    probe_steps: int = 30
+    probe_share: float = 0.5
+
+    def validate(self, field: str) -> None:
+        checks = (
+            ("probe_groups", self.probe_groups >= 0, "0 or more"),
+            ("probe_factor", self.probe_factor > 1.0, "above 1"),
+            ("probe_steps", self.probe_steps >= 1, "1 or more"),
+            ("probe_share", 0.0 <= self.probe_share <= 1.0, "in [0, 1]"),
+        )
+        for name, ok, accepted in checks:
+            if not ok:
+                value = getattr(self, name)
+                raise InvalidOption(
+                    f"{field}.{name} = {value!r} is out of range; accepted: {accepted}",
+                    field=f"{field}.{name}",
+                    value=value,
+                )
 
 
 @register
@@ -155,12 +182,33 @@ class ConstrainedMethod(SearchMethod):
                             "report": json.dumps(self.report, default=str),
                         },
                     )
+        elif s.probe_groups > 0 and cfg.epochs > 0 and self.last_scores is not None:
+            plan = self._probe(ctx, plan, cfg)
         rest = total - admm_steps
         slope_cfg = replace(cfg, max_steps=rest, seed=cfg.seed + 1)
         if rest <= 0 or _stopped(ctx):
             slope_cfg = replace(cfg, epochs=0)
         self.slope(ctx, plan, slope_cfg, ckpt / "slope" if ckpt else None)
         return plan
+
+    def _probe(self, ctx: SearchContext, plan: Plan, cfg: TrainConfig) -> Plan:
+        """The probed plan (`search.probes`); with checkpoints, a resumed job reads the
+        choice from ``probes.json`` instead of probing again."""
+        assert self.last_scores is not None
+        saved = ctx.checkpoint_dir / "probes.json" if ctx.checkpoint_dir else None
+        if saved is not None and saved.exists():
+            done = json.loads(saved.read_text())
+        else:
+            found = run_probes(ctx, self.last_scores, cfg, self.settings)
+            if found["plan"] is None or _stopped(ctx):
+                return plan
+            done = {**found, "plan": found["plan"].to_json()}
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps(done))
+        self.report["probe_seconds"] = float(done["seconds"])
+        self.report["probes"] = done["probes"]
+        return Plan.from_json(done["plan"])
 
     def _admm(
         self, ctx: SearchContext, plan: Plan, cfg: TrainConfig, checkpoint_dir: Path | None
