@@ -114,8 +114,6 @@ def run_probes(
     chosen = best(results)
     return {
         "plan": chosen.plan,
-        "probes": [
-            {"raised": r.group, "plan": r.plan.to_strs(), "loss": round(r.loss, 6)} for r in results
-        ],
+        "probes": [{"raised": r.group, "plan": r.plan.to_strs(), "loss": r.loss} for r in results],
         "seconds": time.perf_counter() - t0,
     }

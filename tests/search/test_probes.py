@@ -1,0 +1,116 @@
+"""Probing the knapsack's plan with short fine-tunes (slimline.search.probes, `constrained`)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slimline.errors import InvalidOption
+from slimline.search.estimators import LossDeltaEstimator, calibration_examples
+from slimline.search.methods import get_method
+from slimline.search.options import LayerOption, Plan
+from slimline.search.probes import (
+    PROBE_EXAMPLES,
+    PROBE_SEED_OFFSET,
+    alternative_plans,
+    layer_groups,
+)
+from slimline.search.scoring import LayerScores, Scores
+from slimline.search.slope import SlopeRun
+from slimline.search.training import TrainConfig
+from tests.search.conftest import digits_context
+
+
+def test_layer_groups_are_contiguous_runs_with_the_first_and_last_first() -> None:
+    names = list("abcdefg")
+    assert layer_groups(names, 3) == [list("abc"), list("fg"), list("de")]
+    assert layer_groups(names, 1) == [names]
+    assert layer_groups(list("abc"), 8) == [["a"], ["c"], ["b"]]
+
+
+def _scores() -> Scores:
+    opts = [LayerOption.from_str(s) for s in ("removed", "dense/b2/ch", "dense/b4/ch")]
+    cost = np.array([0, 10, 20])
+    return Scores(
+        [
+            LayerScores("a", opts, cost, np.array([10.0, 3.5, 1.5])),
+            LayerScores("b", opts, cost, np.array([10.0, 4.0, 1.0])),
+        ],
+        "fisher",
+    )
+
+
+def test_alternatives_raise_one_group_s_damages_and_each_plan_appears_once() -> None:
+    # budget 30: the knapsack takes a at 2 bits, b at 4 (3.5 + 1.0 against 1.5 + 4.0); with
+    # a's damages doubled it is the other way round (3.0 + 4.0 against 7.0 + 1.0); doubling
+    # b's gives the knapsack's plan again, which is not probed twice
+    scores = _scores()
+    found = alternative_plans(scores, 30, groups=2, factor=2.0)
+    assert [group for group, _ in found] == [[], ["a"]]
+    assert found[0][1].to_strs() == {"a": "dense/b2/ch", "b": "dense/b4/ch"}
+    assert found[1][1].to_strs() == {"a": "dense/b4/ch", "b": "dense/b2/ch"}
+    assert found[0][1] == scores.resolve(30)
+
+
+def test_probe_settings_are_checked_by_name() -> None:
+    with pytest.raises(InvalidOption) as err:
+        get_method("constrained", {"probe_factor": 1.0})
+    assert err.value.field == "settings.probe_factor"
+    assert "above 1" in err.value.message
+
+
+def test_probing_keeps_the_plan_with_the_lowest_held_out_loss_and_a_resumed_job_reads_it(  # type: ignore[no-untyped-def]
+    dense_digits, tmp_path: Path
+) -> None:
+    model, data = dense_digits
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=64, seed=1)  # 23 steps: room for 2 probes
+    settings = {"calibration_batches": 2, "probe_steps": 5, "probe_factor": 1000.0}
+
+    def run(checkpoint_dir):  # type: ignore[no-untyped-def]
+        ctx = digits_context(model, data, 16, copy_model=True, checkpoint_dir=checkpoint_dir)
+        method = get_method("constrained", settings)
+        plan = method.propose(ctx)
+        torch.manual_seed(0)
+        return method, plan, method.finetune(ctx, plan, cfg), ctx
+
+    method, knapsack, chosen, ctx = run(tmp_path)
+    probes = method.report["probes"]
+    assert len(probes) == 2  # 11 of the 23 steps (probe_share 0.5) hold two 5-step probes
+    assert probes[0]["raised"] == [] and probes[0]["plan"] == knapsack.to_strs()
+    assert probes[1]["plan"] != probes[0]["plan"]
+    assert chosen.to_strs() == min(probes, key=lambda p: p["loss"])["plan"]
+    # each probe's loss is what its plan scores after 5 steps from the dense weights
+    judge = LossDeltaEstimator(examples=calibration_examples(data.task, PROBE_EXAMPLES))
+    for probe in probes:
+        trial = copy.deepcopy(model)
+        plan = Plan({n: LayerOption.from_str(o) for n, o in probe["plan"].items()})
+        probe_cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=64, seed=1 + PROBE_SEED_OFFSET,
+                                max_steps=5)  # fmt: skip
+        SlopeRun(trial, ctx.geoms, plan, data, probe_cfg, ctx.finetune).run()
+        judge.prepare(trial, [], data, seed=PROBE_SEED_OFFSET)
+        assert judge.base_loss == pytest.approx(probe["loss"], rel=1e-9)
+    # a job resumed before its first SLOPE checkpoint takes the recorded choice instead of
+    # probing again (shown by recording the other plan)
+    shutil.rmtree(tmp_path / "slope")
+    saved = tmp_path / "probes.json"
+    record = json.loads(saved.read_text())
+    other = next(p["plan"] for p in probes if p["plan"] != chosen.to_strs())
+    record["plan"] = Plan({n: LayerOption.from_str(o) for n, o in other.items()}).to_json()
+    saved.write_text(json.dumps(record))
+    assert run(tmp_path)[2].to_strs() == other
+
+
+def test_no_probing_without_room_for_two_probes(dense_digits) -> None:  # type: ignore[no-untyped-def]
+    model, data = dense_digits
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=64, seed=1)
+    ctx = digits_context(model, data, 16, copy_model=True)
+    method = get_method("constrained", {"calibration_batches": 2, "probe_steps": 12})
+    plan = method.propose(ctx)
+    assert method.finetune(ctx, plan, cfg) == plan  # 11 steps hold no 12-step probe
+    assert "probes" not in method.report
