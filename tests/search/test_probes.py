@@ -35,27 +35,31 @@ def test_layer_groups_are_contiguous_runs_with_the_first_and_last_first() -> Non
 
 
 def _scores() -> Scores:
-    opts = [LayerOption.from_str(s) for s in ("removed", "dense/b2/ch", "dense/b4/ch")]
-    cost = np.array([0, 10, 20])
+    opts = [
+        LayerOption.from_str(s) for s in ("removed", "dense/b2/ch", "dense/b4/ch", "un0.25/b2/ch")
+    ]
+    cost = np.array([0, 10, 20, 10])
     return Scores(
         [
-            LayerScores("a", opts, cost, np.array([10.0, 3.5, 1.5])),
-            LayerScores("b", opts, cost, np.array([10.0, 4.0, 1.0])),
+            LayerScores("a", opts, cost, np.array([10.0, 3.5, 1.5, 3.6])),
+            LayerScores("b", opts, cost, np.array([10.0, 4.0, 1.0, 9.0])),
         ],
         "fisher",
     )
 
 
-def test_alternatives_raise_one_group_s_damages_and_each_plan_appears_once() -> None:
+def test_alternatives_discount_unstructured_then_raise_each_group_once() -> None:
     # budget 30: the knapsack takes a at 2 bits, b at 4 (3.5 + 1.0 against 1.5 + 4.0); with
-    # a's damages doubled it is the other way round (3.0 + 4.0 against 7.0 + 1.0); doubling
-    # b's gives the knapsack's plan again, which is not probed twice
+    # unstructured damages halved, a's 1 in 4 (1.8) beats its 2 bits; with a's damages
+    # doubled it is a at 4 bits, b at 2 (3.0 + 4.0 against 7.0 + 1.0); doubling b's gives
+    # the knapsack's plan again, which is not probed twice
     scores = _scores()
     found = alternative_plans(scores, 30, groups=2, factor=2.0)
-    assert [group for group, _ in found] == [[], ["a"]]
-    assert found[0][1].to_strs() == {"a": "dense/b2/ch", "b": "dense/b4/ch"}
-    assert found[1][1].to_strs() == {"a": "dense/b4/ch", "b": "dense/b2/ch"}
+    assert [change for change, _ in found] == ["knapsack", "unstructured / 2", "a x 2"]
     assert found[0][1] == scores.resolve(30)
+    assert found[0][1].to_strs() == {"a": "dense/b2/ch", "b": "dense/b4/ch"}
+    assert found[1][1].to_strs() == {"a": "un0.25/b2/ch", "b": "dense/b4/ch"}
+    assert found[2][1].to_strs() == {"a": "dense/b4/ch", "b": "dense/b2/ch"}
 
 
 def test_probe_settings_are_checked_by_name() -> None:
@@ -82,7 +86,7 @@ def test_probing_keeps_the_plan_with_the_lowest_held_out_loss_and_a_resumed_job_
     method, knapsack, chosen, ctx = run(tmp_path)
     probes = method.report["probes"]
     assert len(probes) == 2  # 11 of the 23 steps (probe_share 0.5) hold two 5-step probes
-    assert probes[0]["raised"] == [] and probes[0]["plan"] == knapsack.to_strs()
+    assert probes[0]["change"] == "knapsack" and probes[0]["plan"] == knapsack.to_strs()
     assert probes[1]["plan"] != probes[0]["plan"]
     assert chosen.to_strs() == min(probes, key=lambda p: p["loss"])["plan"]
     # each probe's loss is what its plan scores after 5 steps from the dense weights

@@ -75,11 +75,12 @@ class ConstrainedSettings(MethodSettings):
     # measure removing each branch's layers together (a block's attention, its MLP:
     # `branches.removal_branches`) as one more knapsack option, one forward pass each
     joint_removal: bool = True
-    # Probing (`search.probes`): besides the knapsack's plan, re-solve with the damages of
-    # one of ``probe_groups`` runs of layers times ``probe_factor``, give each distinct plan
-    # ``probe_steps`` steps of the job's fine-tuning and keep the lowest held-out loss; all
-    # probes within ``probe_share`` of the fine-tuning steps. Not with the ADMM phase (it
-    # re-solves the plan itself). lenet5 256x at 300 steps: 91.99 -> 95.27%. 0 groups: off.
+    # Probing (`search.probes`): besides the knapsack's plan, re-solve with unstructured
+    # damages divided by ``probe_factor`` and with the damages of each of ``probe_groups``
+    # runs of layers times it; give each distinct plan ``probe_steps`` steps of the job's
+    # fine-tuning and keep the lowest held-out loss; all probes within ``probe_share`` of the
+    # fine-tuning steps. Not with the ADMM phase (it re-solves the plan itself). 0 groups:
+    # off. README "Benchmarks" has what it changed.
     probe_groups: int = 4
     probe_factor: float = 2.0
     probe_steps: int = 30
