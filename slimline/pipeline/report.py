@@ -126,6 +126,12 @@ def render_report(r: dict[str, Any]) -> str:
             [
                 f"search    scoring {r['scores_seconds']:.1f}s, allocation "
                 f"{r['allocation_seconds']:.3f}s, {len(r['projections'])} re-projections"
+                + (
+                    f", probing {r['probe_seconds']:.1f}s ({len(r['probes'])} plans, kept: "
+                    f"{min(r['probes'], key=lambda p: p['loss'])['change']})"
+                    if r.get("probes")
+                    else ""
+                )
             ]
             if r.get("scores_seconds") is not None
             else []

@@ -118,3 +118,25 @@ def test_no_probing_without_room_for_two_probes(dense_digits) -> None:  # type: 
     plan = method.propose(ctx)
     assert method.finetune(ctx, plan, cfg) == plan  # 11 steps hold no 12-step probe
     assert "probes" not in method.report
+
+
+def test_the_report_says_how_long_probing_took_and_which_plan_it_kept() -> None:
+    from slimline.pipeline.report import render_report
+
+    probes = [
+        {"change": "knapsack", "plan": {}, "loss": 2.1},
+        {"change": "conv1 x 2", "plan": {}, "loss": 1.9},
+    ]
+    report = {
+        "model": "lenet5", "data": "mnist", "method": "constrained", "budget": "256x",
+        "budget_bytes": 6737, "layers": [], "other_bytes": 0, "header_bytes": 575,
+        "file_bytes": 6560, "within_budget": True, "ratio": 262.9, "dense_bytes": 1766296,
+        "weight_bits_ratio": 1359.1, "metric": 0.9857, "dense_metric": 0.9928,
+        "retention": 0.9928, "verify": {"equal": True, "tensors": 8, "max_abs_diff": 0.0},
+        "scores_seconds": 6.3, "allocation_seconds": 0.002, "projections": [],
+        "probe_seconds": 15.6, "probes": probes, "timings": {"plan": 6.3},
+        "total_seconds": 6.3, "checkpoint": "x.slim.safetensors",
+    }  # fmt: skip
+    text = render_report(report)
+    assert "probing 15.6s (2 plans, kept: conv1 x 2)" in text
+    assert "probing" not in render_report({**report, "probes": []})
