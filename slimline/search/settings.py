@@ -38,6 +38,17 @@ class MethodSettings:
     def validate(self, field: str) -> None:
         """Raise ``InvalidOption`` naming the first out-of-range setting (default: none)."""
 
+    def check_ranges(self, field: str, checks: tuple[tuple[str, bool, str], ...]) -> None:
+        """Raise ``InvalidOption`` for the first ``(name, ok, accepted)`` that is not ok."""
+        for name, ok, accepted in checks:
+            if not ok:
+                value = getattr(self, name)
+                raise InvalidOption(
+                    f"{field}.{name} = {value!r} is out of range; accepted: {accepted}",
+                    field=f"{field}.{name}",
+                    value=value,
+                )
+
 
 @dataclass(frozen=True)
 class FinetuneSettings(MethodSettings):
@@ -88,11 +99,4 @@ class FinetuneSettings(MethodSettings):
             ("checkpoint_steps", self.checkpoint_steps >= 0, "0 or more"),
             ("eval_samples", self.eval_samples >= 0, "0 or more"),
         )
-        for name, ok, accepted in checks:
-            if not ok:
-                value = getattr(self, name)
-                raise InvalidOption(
-                    f"{field}.{name} = {value!r} is out of range; accepted: {accepted}",
-                    field=f"{field}.{name}",
-                    value=value,
-                )
+        self.check_ranges(field, checks)

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimline.errors import InvalidOption
 from slimline.search.branches import removal_branches
 from slimline.search.compressed import CompressedWeight
 from slimline.search.estimators import DamageEstimator, FisherEstimator, get_estimator
@@ -93,14 +92,7 @@ class ConstrainedSettings(MethodSettings):
             ("probe_steps", self.probe_steps >= 1, "1 or more"),
             ("probe_share", 0.0 <= self.probe_share <= 1.0, "in [0, 1]"),
         )
-        for name, ok, accepted in checks:
-            if not ok:
-                value = getattr(self, name)
-                raise InvalidOption(
-                    f"{field}.{name} = {value!r} is out of range; accepted: {accepted}",
-                    field=f"{field}.{name}",
-                    value=value,
-                )
+        self.check_ranges(field, checks)
 
 
 @register
