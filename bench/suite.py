@@ -321,7 +321,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         scores_seconds=report.get("scores_seconds"),
         allocation_seconds=report.get("allocation_seconds"),
         probe_seconds=report.get("probe_seconds"),  # probing, inside the fine-tune stage
-        probes=report.get("probes") or None,  # each probed plan and its held-out loss
+        probes=report.get("probes") or None,  # each probed plan and its loss
         searches=report.get("searches") or None,  # bitshare's gate searches
         total_seconds=report["total_seconds"],  # the job's stages, inspect to verify
         child_seconds=row["total_seconds"],  # the job + imports and the report

@@ -15,16 +15,17 @@ the free positions (re-picked while the masks warm up) let training win most of 
 pruning with retraining does (Han et al. 2015); N:M at 2 bits recovers less. lenet5 conv2 at 1
 in 16 unstructured was rated 6x worse than 1:8 and was equal after 300 steps; lenet300 at 24x
 took fc1 at 2:8 / 2 bits (rated 0.11 against 0.30 for 1 in 8 unstructured) and kept 99.34%,
-where unstructured fc1 keeps 99.88%. And some layers matter more after training than alone.
+where fc1 at 3 in 16 unstructured keeps 99.84%. And some layers matter more after training
+than alone.
 
 So, after scoring, the knapsack is solved again with every unstructured option's damage
 divided by ``factor``, and, the layers split into ``groups`` contiguous runs (first and last
 first: the layers deployment toolchains keep at higher precision for good reason), once with
 each group's damages times ``factor``; each distinct plan, the knapsack's own first, gets
 ``steps`` steps of the job's own fine-tuning from the dense weights, and the one with the
-lowest loss on held-out training examples (never the validation set the job reports) is
-fine-tuned in full. The probes' steps together stay within ``share`` of the job's
-fine-tuning steps; candidates that do not fit are not probed. Every candidate is an exact
+lowest loss on a fixed sample of training examples (its own seed; never the validation set
+the job reports) is fine-tuned in full. The probes' steps together stay within ``share`` of
+the job's fine-tuning steps; candidates that do not fit are not probed. Every candidate is an exact
 knapsack solution, so it fits the budget.
 """
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from slimline.search.methods.base import SearchContext
     from slimline.search.methods.constrained import ConstrainedSettings
 
-# the held-out loss a probe is judged by: this many examples (1/8 as many sequences)
+# a probe is judged by its loss on this many training examples (1/8 as many sequences)
 PROBE_EXAMPLES = 1024
 PROBE_SEED_OFFSET = 4243  # probes draw other batches, and other examples, than the job
 
@@ -55,7 +56,7 @@ PROBE_SEED_OFFSET = 4243  # probes draw other batches, and other examples, than 
 class ProbeResult:
     plan: Plan
     change: str  # how its damages differ from the knapsack's: "knapsack", "unstructured / 2"...
-    loss: float  # held-out loss after the probe's steps
+    loss: float  # loss on the judging sample after the probe's steps
 
 
 def layer_groups(names: list[str], groups: int) -> list[list[str]]:
@@ -104,7 +105,7 @@ def _span(group: list[str]) -> str:
 
 
 def best(results: list[ProbeResult]) -> ProbeResult:
-    """The lowest held-out loss; the knapsack's own plan (first) wins a tie."""
+    """The lowest loss; the knapsack's own plan (first) wins a tie."""
     return min(results, key=lambda r: r.loss)
 
 

@@ -69,7 +69,7 @@ def test_probe_settings_are_checked_by_name() -> None:
     assert "above 1" in err.value.message
 
 
-def test_probing_keeps_the_plan_with_the_lowest_held_out_loss_and_a_resumed_job_reads_it(  # type: ignore[no-untyped-def]
+def test_probing_keeps_the_plan_with_the_lowest_loss_and_a_resumed_job_reads_it(  # type: ignore[no-untyped-def]
     dense_digits, tmp_path: Path
 ) -> None:
     model, data = dense_digits

@@ -77,9 +77,9 @@ class ConstrainedSettings(MethodSettings):
     # Probing (`search.probes`): besides the knapsack's plan, re-solve with unstructured
     # damages divided by ``probe_factor`` and with the damages of each of ``probe_groups``
     # runs of layers times it; give each distinct plan ``probe_steps`` steps of the job's
-    # fine-tuning and keep the lowest held-out loss; all probes within ``probe_share`` of the
-    # fine-tuning steps. Not with the ADMM phase (it re-solves the plan itself). 0 groups:
-    # off. README "Benchmarks" has what it changed.
+    # fine-tuning and keep the lowest loss on a sample of training examples; all probes
+    # within ``probe_share`` of the fine-tuning steps. Not with the ADMM phase (it re-solves
+    # the plan itself). 0 groups: off. README "Benchmarks" has what it changed.
     probe_groups: int = 4
     probe_factor: float = 2.0
     probe_steps: int = 30
