@@ -544,3 +544,30 @@ def test_compresses_at_least_is_within_a_family() -> None:
     assert compresses_at_least(o("dense/b2/ch"), o("dense/b4/ch"))
     assert compresses_at_least(REMOVED, o("un0.25/b3/ch")) and compresses_at_least(REMOVED, FP16)
     assert not compresses_at_least(FP16, REMOVED)
+
+
+def test_options_past_a_tenth_of_relative_error_are_measured_by_default() -> None:
+    geom = LayerGeometry("fc", "linear", (4, 10), has_bias=False)
+    w = torch.ones(4, 10)
+    w_hat = w.clone()
+    w_hat[:, :3] = 0.0  # relative squared error 0.3: measured at 0.1, not at 0.5
+    default, loose = FisherEstimator(), FisherEstimator(measure_above=0.5)
+    for est in (default, loose):
+        est.fisher = {"fc": torch.ones(4, 10)}
+    assert default.estimate(geom, w, w_hat) == (12.0, True)
+    assert loose.estimate(geom, w, w_hat) == (12.0, False)
+    assert default.estimate(geom, w, w * 0.9)[1] is False  # relative error 0.01
+
+
+def test_the_measuring_threshold_is_a_constrained_setting(dense_digits) -> None:  # type: ignore[no-untyped-def]
+    from slimline.search.methods import get_method
+    from tests.search.conftest import digits_context
+
+    model, data = dense_digits
+    method = get_method("constrained", {"measure_above": 0.5, "calibration_batches": 2})
+    method.propose(digits_context(model, data, 16, copy_model=True))
+    assert isinstance(method._estimator, FisherEstimator)
+    assert method._estimator.measure_above == 0.5
+    with pytest.raises(InvalidOption) as err:
+        get_method("constrained", {"measure_above": -1.0})
+    assert err.value.field == "settings.measure_above"

@@ -56,6 +56,9 @@ from slimline.search.training import (
 @dataclass(frozen=True)
 class ConstrainedSettings(MethodSettings):
     estimator: str = "fisher"  # damage estimator: fisher | hessian | loss
+    # fisher only: options whose relative squared error exceeds this have their damage
+    # measured where the allocation picks them (`FisherEstimator`); 0 measures none
+    measure_above: float = 0.1
     solver: str = "exact"  # knapsack solver: exact | greedy
     calibration_batches: int = 8  # mini-batches in one scoring pass
     calibration_batch_size: int = 64
@@ -87,6 +90,7 @@ class ConstrainedSettings(MethodSettings):
 
     def validate(self, field: str) -> None:
         checks = (
+            ("measure_above", self.measure_above >= 0, "0 or more"),
             ("probe_groups", self.probe_groups >= 0, "0 or more"),
             ("probe_factor", self.probe_factor > 1.0, "above 1"),
             ("probe_steps", self.probe_steps >= 1, "1 or more"),
@@ -111,7 +115,8 @@ class ConstrainedMethod(SearchMethod):
         t0 = time.perf_counter()
         kw: dict[str, Any] = {} if restrict is None else {"options": lambda g: restrict[g.name]}
         if self._estimator is None:
-            self._estimator = get_estimator(s.estimator)
+            kw_est = {"measure_above": s.measure_above} if s.estimator == "fisher" else {}
+            self._estimator = get_estimator(s.estimator, **kw_est)
         elif isinstance(self._estimator, FisherEstimator):
             # re-projections: options measured in the first pass are not run again
             self._estimator.reuse_measurements = True
