@@ -111,6 +111,10 @@ class DamageEstimator(ABC):
         return None
 
 
+# relative squared error past which the Fisher estimator measures an option (module doc)
+MEASURE_ABOVE = 0.1
+
+
 class FisherEstimator(DamageEstimator):
     """damage = sum F * (w - w_hat)^2, F the Fisher diagonal (see the module doc): with
     ``sampled`` (default) labels are drawn from the model and the squared batch gradient is
@@ -119,7 +123,10 @@ class FisherEstimator(DamageEstimator):
     name = "fisher"
 
     def __init__(
-        self, measure_above: float = 0.1, measure_examples: int = 128, sampled: bool = True
+        self,
+        measure_above: float = MEASURE_ABOVE,
+        measure_examples: int = 128,
+        sampled: bool = True,
     ) -> None:
         self.fisher: dict[str, torch.Tensor] = {}
         self.sampled = sampled

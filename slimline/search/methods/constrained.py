@@ -36,7 +36,12 @@ from torch import nn
 
 from slimline.search.branches import removal_branches
 from slimline.search.compressed import CompressedWeight
-from slimline.search.estimators import DamageEstimator, FisherEstimator, get_estimator
+from slimline.search.estimators import (
+    MEASURE_ABOVE,
+    DamageEstimator,
+    FisherEstimator,
+    get_estimator,
+)
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
 from slimline.search.probes import run_probes
@@ -58,7 +63,7 @@ class ConstrainedSettings(MethodSettings):
     estimator: str = "fisher"  # damage estimator: fisher | hessian | loss
     # fisher only: options whose relative squared error exceeds this have their damage
     # measured where the allocation picks them (`FisherEstimator`); 0 measures none
-    measure_above: float = 0.1
+    measure_above: float = MEASURE_ABOVE
     solver: str = "exact"  # knapsack solver: exact | greedy
     calibration_batches: int = 8  # mini-batches in one scoring pass
     calibration_batch_size: int = 64
