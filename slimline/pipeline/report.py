@@ -66,6 +66,7 @@ def build_report(state: JobState) -> dict[str, Any]:
         # probing (constrained): the short fine-tunes that chose among nearby plans
         "probe_seconds": state.search_report.get("probe_seconds"),
         "probes": state.search_report.get("probes", []),
+        "probes_stopped": state.search_report.get("probes_stopped"),  # why, when time ran out
         "pareto": pareto_curve(state),
         "projections": state.search_report.get("projections", []),
         # bitshare: lambda, gated bytes and last loss of each gate search
@@ -126,12 +127,7 @@ def render_report(r: dict[str, Any]) -> str:
             [
                 f"search    scoring {r['scores_seconds']:.1f}s, allocation "
                 f"{r['allocation_seconds']:.3f}s, {len(r['projections'])} re-projections"
-                + (
-                    f", probing {r['probe_seconds']:.1f}s ({len(r['probes'])} plans, kept: "
-                    f"{min(r['probes'], key=lambda p: p['loss'])['change']})"
-                    if r.get("probes")
-                    else ""
-                )
+                + _probing_text(r)
             ]
             if r.get("scores_seconds") is not None
             else []
@@ -154,3 +150,16 @@ def render_report(r: dict[str, Any]) -> str:
         f"checkpoint {r['checkpoint']}",
     ]
     return "\n".join(lines)
+
+
+def _probing_text(r: dict[str, Any]) -> str:
+    """The search line's account of probing: plans, the one kept, or why it stopped."""
+    probes = r.get("probes") or []
+    stopped = r.get("probes_stopped")
+    if len(probes) >= 2:
+        kept = min(probes, key=lambda p: p["loss"])["change"]
+        text = f", probing {r['probe_seconds']:.1f}s ({len(probes)} plans, kept: {kept})"
+        return text + (f"; stopped: {stopped}" if stopped else "")
+    if stopped:
+        return f", probing stopped after {r['probe_seconds']:.1f}s, knapsack's plan kept: {stopped}"
+    return ""

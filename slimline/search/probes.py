@@ -27,12 +27,23 @@ lowest loss on a fixed sample of training examples (its own seed; never the vali
 the job reports) is fine-tuned in full. The probes' steps together stay within ``share`` of
 the job's fine-tuning steps; candidates that do not fit are not probed. Every candidate is an exact
 knapsack solution, so it fits the budget.
+
+Probing is also held to time (`ProbeClock`): scoring and probing together stay within
+``search_share`` of the job's fine-tuning time, which the first probe's pace (seconds a step)
+estimates. When, a few steps into the first probe, two probes would not fit beside what scoring
+took, probing stops there and the knapsack's plan is fine-tuned (bytegpt at 16x with its
+one-epoch recipe: 58-93 s of scoring against about 330-450 s of fine-tuning); a later probe is
+started only if it fits. How many plans a job probes then depends on the machine's speed; the
+report says how many were and why it stopped, and a resumed job reads the choice
+(``probes.json``). ``search_share`` None: no time limit (the benchmark suite, where no method's
+search is).
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +61,81 @@ if TYPE_CHECKING:
 # a probe is judged by its loss on this many training examples (1/8 as many sequences)
 PROBE_EXAMPLES = 1024
 PROBE_SEED_OFFSET = 4243  # probes draw other batches, and other examples, than the job
+
+
+PACE_STEPS = 5  # steps of the first probe after which its pace decides whether two probes fit
+
+
+class ProbeClock:
+    """Holds probing to ``share`` of the fine-tuning time: ``spent`` seconds of search so far
+    (scoring, allocation), ``total`` steps of fine-tuning, at the pace (seconds a step) the
+    first probe shows. ``share`` None: no limit. ``now`` is the clock (a fake one in tests).
+
+    `poll` is the first probe's ``should_stop``: it notes when each step starts and, once
+    `PACE_STEPS` steps are done, stops the probe when two probes would not fit. `fits_another`
+    is asked before every later probe, with the mean probe's seconds.
+    """
+
+    def __init__(
+        self,
+        share: float | None,
+        spent: float,
+        total: int,
+        probe_steps: int,
+        now: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.share, self.spent, self.total, self.probe_steps = share, spent, total, probe_steps
+        self.now = now
+        self.started = now()
+        self.polls: list[float] = []  # when each step of the first probe started
+        self.stopped: str | None = None  # why probing stopped early, for the report
+
+    @property
+    def pace(self) -> float | None:
+        """Seconds a training step, from the first probe's steps after its first (which
+        carries the set-up); None before two polls."""
+        if len(self.polls) >= 3:
+            return (self.polls[-1] - self.polls[1]) / (len(self.polls) - 2)
+        if len(self.polls) == 2:
+            return self.polls[1] - self.polls[0]
+        return None
+
+    def allowance(self) -> float | None:
+        """Seconds of search the job allows: ``share`` of ``total`` steps at the pace."""
+        pace = self.pace
+        return None if self.share is None or pace is None else self.share * self.total * pace
+
+    def poll(self) -> bool:
+        """``should_stop`` of the first probe: True once it is clear two probes do not fit."""
+        self.polls.append(self.now())
+        allowed, pace = self.allowance(), self.pace
+        if allowed is None or pace is None or len(self.polls) <= PACE_STEPS:
+            return False
+        needed = self.spent + 2 * self.probe_steps * pace
+        if needed > allowed:
+            self.stopped = (
+                f"two probes need about {needed:.1f}s of search with scoring's {self.spent:.1f}s;"
+                f" search_share {self.share:g} of about {self.total * pace:.1f}s of fine-tuning"
+                f" ({self.total} steps) allows {allowed:.1f}s"
+            )
+            return True
+        return False
+
+    def fits_another(self, probes_done: int) -> bool:
+        """Whether one more probe, as long as the mean one so far, stays within the
+        allowance; notes why not."""
+        allowed = self.allowance()
+        if allowed is None or probes_done == 0:
+            return True
+        probing = self.now() - self.started
+        if self.spent + probing * (probes_done + 1) / probes_done <= allowed:
+            return True
+        self.stopped = (
+            f"after {probes_done} plans: one more needs about {probing / probes_done:.1f}s beyond"
+            f" {self.spent + probing:.1f}s of search; search_share {self.share:g} allows"
+            f" {allowed:.1f}s"
+        )
+        return False
 
 
 @dataclass(frozen=True)
@@ -110,11 +196,18 @@ def best(results: list[ProbeResult]) -> ProbeResult:
 
 
 def run_probes(
-    ctx: SearchContext, scores: Scores, cfg: TrainConfig, settings: ConstrainedSettings
+    ctx: SearchContext,
+    scores: Scores,
+    cfg: TrainConfig,
+    settings: ConstrainedSettings,
+    spent: float = 0.0,
 ) -> dict[str, Any]:
     """Probe the plans around the knapsack's (`alternative_plans`) with the job's fine-tuning
-    settings; returns ``{"plan": Plan, "probes": [...], "seconds": s}`` (``plan`` None when
-    there was nothing to probe: one distinct plan, or no room for two probes)."""
+    settings, within ``settings.search_share`` of the fine-tuning time beside the ``spent``
+    seconds of scoring (`ProbeClock`); returns ``{"plan": Plan, "probes": [...], "seconds":
+    s, "stopped": why or None}`` (``plan`` None when there was nothing to choose from: one
+    distinct plan, no room for two probes in ``probe_share`` of the steps, or no time for two).
+    """
     from slimline.search.slope import SlopeRun  # imports the trainer only when probing
 
     t0 = time.perf_counter()
@@ -124,24 +217,34 @@ def run_probes(
         scores, ctx.layer_budget, settings.probe_groups, settings.probe_factor, settings.solver
     )[:fits]
     if len(candidates) < 2:
-        return {"plan": None, "probes": [], "seconds": time.perf_counter() - t0}
+        return {"plan": None, "probes": [], "seconds": time.perf_counter() - t0, "stopped": None}
     probe_cfg = replace(cfg, max_steps=settings.probe_steps, seed=cfg.seed + PROBE_SEED_OFFSET)
     judge = LossDeltaEstimator(examples=calibration_examples(ctx.data.task, PROBE_EXAMPLES))
+    clock = ProbeClock(settings.search_share, spent, total, settings.probe_steps)
+    cancelled = ctx.should_stop or (lambda: False)
+
+    def first_should_stop() -> bool:  # the first probe also shows the pace
+        return cancelled() or clock.poll()
 
     results = []
     for i, (change, plan) in enumerate(candidates):
+        if not clock.fits_another(i):
+            break
         model = copy.deepcopy(ctx.model)  # every probe starts from the dense weights
         SlopeRun(
             model, ctx.geoms, plan, ctx.data, probe_cfg, ctx.finetune,
             teacher=ctx.teacher, device=ctx.device,
-        ).run(should_stop=ctx.should_stop)  # fmt: skip
+        ).run(should_stop=first_should_stop if i == 0 else cancelled)  # fmt: skip
+        if clock.stopped is not None or cancelled():
+            break
         judge.prepare(model, [], ctx.data, device=ctx.device, seed=ctx.seed + PROBE_SEED_OFFSET)
         results.append(ProbeResult(plan, change, judge.base_loss))
         if ctx.progress is not None:
             ctx.progress({"step": i + 1, "total": len(candidates), "probe_loss": judge.base_loss})
-    chosen = best(results)
+    chosen = best(results) if len(results) >= 2 else None
     return {
-        "plan": chosen.plan,
+        "plan": None if chosen is None else chosen.plan,
         "probes": [{"change": r.change, "plan": r.plan.to_strs(), "loss": r.loss} for r in results],
         "seconds": time.perf_counter() - t0,
+        "stopped": clock.stopped,
     }

@@ -16,8 +16,10 @@ from slimline.search.estimators import LossDeltaEstimator, calibration_examples
 from slimline.search.methods import get_method
 from slimline.search.options import LayerOption, Plan
 from slimline.search.probes import (
+    PACE_STEPS,
     PROBE_EXAMPLES,
     PROBE_SEED_OFFSET,
+    ProbeClock,
     alternative_plans,
     layer_groups,
 )
@@ -74,7 +76,9 @@ def test_probing_keeps_the_plan_with_the_lowest_loss_and_a_resumed_job_reads_it(
 ) -> None:
     model, data = dense_digits
     cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=64, seed=1)  # 23 steps: room for 2 probes
-    settings = {"calibration_batches": 2, "probe_steps": 5, "probe_factor": 1000.0}
+    settings = {
+        "calibration_batches": 2, "probe_steps": 5, "probe_factor": 1000.0, "search_share": None,
+    }  # fmt: skip
 
     def run(checkpoint_dir):  # type: ignore[no-untyped-def]
         ctx = digits_context(model, data, 16, copy_model=True, checkpoint_dir=checkpoint_dir)
@@ -120,6 +124,77 @@ def test_no_probing_without_room_for_two_probes(dense_digits) -> None:  # type: 
     assert "probes" not in method.report
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _first_probe(clock: ProbeClock, fake: FakeClock, steps: int, pace: float) -> int:
+    """Poll as the trainer does before each of ``steps`` steps taking ``pace`` seconds (the
+    first 3 s longer: set-up); the steps run before the clock stopped the probe."""
+    for step in range(steps):
+        if clock.poll():
+            return step
+        fake.t += pace + (3.0 if step == 0 else 0.0)
+    return steps
+
+
+def test_the_first_probe_stops_once_its_pace_shows_two_probes_do_not_fit() -> None:
+    # 1000 steps at 0.5 s: 500 s of fine-tuning, a quarter of it 125 s; two 30-step probes
+    # take 30 s, so 95 s of scoring leave room and 96 s do not
+    for spent, expected in ((95.0, 30), (96.0, PACE_STEPS)):
+        fake = FakeClock()
+        clock = ProbeClock(0.25, spent, 1000, 30, now=fake)
+        assert _first_probe(clock, fake, 30, 0.5) == expected
+        assert clock.pace == pytest.approx(0.5)  # the first step's set-up left out
+        assert (clock.stopped is None) == (expected == 30)
+    assert clock.stopped is not None and "search_share 0.25" in clock.stopped
+    assert "allows 125.0s" in clock.stopped
+
+
+def test_later_probes_run_while_the_mean_probe_fits_and_none_without_a_limit() -> None:
+    fake = FakeClock()
+    clock = ProbeClock(0.25, 60.0, 1000, 30, now=fake)  # 125 s allowed at 0.5 s a step
+    assert _first_probe(clock, fake, 30, 0.5) == 30
+    fake.t += 2.0  # judging the first probe: it took 20 s in all
+    assert clock.fits_another(1) and clock.fits_another(2)  # 60 + 20 * 3 = 120 s
+    fake.t += 40.0  # two more probes done, 60 s of probing
+    assert not clock.fits_another(3)  # 60 + 20 * 4 = 140 s
+    assert clock.stopped is not None and "after 3 plans" in clock.stopped
+    untimed = ProbeClock(None, 1e9, 10, 30, now=fake)
+    assert _first_probe(untimed, fake, 30, 0.5) == 30 and untimed.fits_another(5)
+
+
+def test_probing_out_of_time_keeps_the_knapsacks_plan_and_says_why(  # type: ignore[no-untyped-def]
+    dense_digits,
+) -> None:
+    model, data = dense_digits
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=64, seed=1)  # 23 steps
+    ctx = digits_context(model, data, 16, copy_model=True)
+    settings = {
+        "calibration_batches": 2,
+        "probe_steps": 8,
+        "probe_share": 1.0,
+        "search_share": 1e-6,
+    }
+    method = get_method("constrained", settings)
+    plan = method.propose(ctx)
+    assert method.finetune(ctx, plan, cfg) == plan
+    assert method.report["probes"] == []  # the first probe was stopped after its pace showed
+    assert "search_share 1e-06" in method.report["probes_stopped"]
+    assert method.report["probe_seconds"] > 0
+
+
+def test_search_share_is_checked_by_name() -> None:
+    with pytest.raises(InvalidOption) as err:
+        get_method("constrained", {"search_share": 0})
+    assert err.value.field == "settings.search_share"
+    assert get_method("constrained", {"search_share": None}).settings.search_share is None
+
+
 def test_the_report_says_how_long_probing_took_and_which_plan_it_kept() -> None:
     from slimline.pipeline.report import render_report
 
@@ -140,3 +215,6 @@ def test_the_report_says_how_long_probing_took_and_which_plan_it_kept() -> None:
     text = render_report(report)
     assert "probing 15.6s (2 plans, kept: conv1 x 2)" in text
     assert "probing" not in render_report({**report, "probes": []})
+    why = "two probes need about 99.0s of search"
+    text = render_report({**report, "probes": [], "probes_stopped": why})
+    assert f"probing stopped after 15.6s, knapsack's plan kept: {why}" in text

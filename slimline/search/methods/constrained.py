@@ -92,6 +92,10 @@ class ConstrainedSettings(MethodSettings):
     probe_factor: float = 2.0
     probe_steps: int = 30
     probe_share: float = 0.5
+    # Scoring and probing together within this share of the fine-tuning time (estimated from
+    # the first probe's pace; `probes.ProbeClock`): probes that would pass it are not run, and
+    # none when two do not fit. The target for search time. None: no time limit.
+    search_share: float | None = 0.25
 
     def validate(self, field: str) -> None:
         checks = (
@@ -100,6 +104,11 @@ class ConstrainedSettings(MethodSettings):
             ("probe_factor", self.probe_factor > 1.0, "above 1"),
             ("probe_steps", self.probe_steps >= 1, "1 or more"),
             ("probe_share", 0.0 <= self.probe_share <= 1.0, "in [0, 1]"),
+            (
+                "search_share",
+                self.search_share is None or self.search_share > 0,
+                "above 0, or null",
+            ),
         )
         self.check_ranges(field, checks)
 
@@ -202,16 +211,21 @@ class ConstrainedMethod(SearchMethod):
         if saved is not None and saved.exists():
             done = json.loads(saved.read_text())
         else:
-            found = run_probes(ctx, self.last_scores, cfg, self.settings)
-            if found["plan"] is None or _stopped(ctx):
-                return plan
-            done = {**found, "plan": found["plan"].to_json()}
+            spent = self.report.get("scores_seconds", 0.0) + self.report.get(
+                "allocation_seconds", 0.0
+            )
+            found = run_probes(ctx, self.last_scores, cfg, self.settings, spent)
+            if _stopped(ctx) or (found["plan"] is None and found["stopped"] is None):
+                return plan  # cancelled, or nothing to choose from
+            done = {**found, "plan": None if found["plan"] is None else found["plan"].to_json()}
             if saved is not None:
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps(done))
         self.report["probe_seconds"] = float(done["seconds"])
         self.report["probes"] = done["probes"]
-        return Plan.from_json(done["plan"])
+        if done.get("stopped"):
+            self.report["probes_stopped"] = done["stopped"]
+        return plan if done["plan"] is None else Plan.from_json(done["plan"])
 
     def _admm(
         self, ctx: SearchContext, plan: Plan, cfg: TrainConfig, checkpoint_dir: Path | None
