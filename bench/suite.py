@@ -646,6 +646,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--cell-timeout", type=float, default=3600.0, help="seconds per cell")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--finetune-seed",
+        type=int,
+        help="seed of the cells' search and fine-tuning, from the --seed dense weights "
+        "(default: --seed); for the spread over fine-tuning seeds (bench.seeds)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print every stage of a cell")
     args = p.parse_args(argv)
     if args.quick:
@@ -729,7 +735,7 @@ def make_cells(
             threads=args.threads,
             device=args.device,
             weights=weights,
-            seed=args.seed,
+            seed=args.seed if args.finetune_seed is None else args.finetune_seed,
             verbose=args.verbose,
         )
         for ratio in budgets
@@ -831,6 +837,7 @@ def _new_doc(
         },
         "finetune_budget": "",
         "seed": args.seed,
+        "finetune_seed": args.finetune_seed,  # None: the seed
         "threads": args.threads,
         "jobs": args.jobs,
         "device": args.device,
@@ -858,11 +865,11 @@ def _resume_into(doc: dict[str, Any], stem: Path, name: str, args: argparse.Name
     old = _load_resume(stem, name, args.results, explicit_date=args.date_given)
     if old is None:
         return
-    same = all(old["meta"].get(k) == meta[k] for k in ("epochs", "max_steps", "seed"))
-    if not same:
+    keys = ("epochs", "max_steps", "seed", "finetune_seed")
+    if not all(old["meta"].get(k) == meta[k] for k in keys):
         raise SystemExit(
             f"--resume: {stem}.json was run with other fine-tuning settings "
-            f"(epochs/max_steps/seed); start a new file with --date"
+            f"(epochs/max_steps/seed/finetune_seed); start a new file with --date"
         )
     doc["cells"] = [c for c in old["cells"] if c.get("status") in ("ok", "infeasible")]
     meta["dense"] = old["meta"].get("dense", {})
@@ -942,9 +949,18 @@ def _task_cells(
     done = {(c["task"], c["method"], c["ratio_target"]) for c in doc["cells"]}
     return [
         c
-        for c in make_cells(task, budgets, methods, args, dense.get("weights"), name)
+        for c in make_cells(task, budgets, methods, args, _cell_weights(dense, args), name)
         if (task, c.method, c.ratio) not in done
     ]
+
+
+def _cell_weights(dense: dict[str, Any], args: argparse.Namespace) -> str | None:
+    """The dense weights a cell loads: the short run's file, or with ``--finetune-seed`` the
+    cached file itself (a job's own seed would look up another dense model); None: the job
+    finds the cached model by its seed."""
+    if dense.get("weights") is not None or args.finetune_seed is None:
+        return dense.get("weights")
+    return str(dense["path"])
 
 
 def _title(args: argparse.Namespace) -> str:

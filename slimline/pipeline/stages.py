@@ -221,6 +221,12 @@ def search_context(state: JobState, stage: str, progress: StageProgress) -> Sear
         finetune=FinetuneSettings.from_dict(state.spec.finetune, field="finetune"),
         teacher=state.dense_model if stage == "fine-tune" else None,
         checkpoint_dir=state.checkpoint_dir if stage == "fine-tune" else None,
+        search_seconds=sum(
+            float(state.search_report.get(k) or 0.0)
+            for k in ("scores_seconds", "allocation_seconds")
+        )
+        if stage == "fine-tune"
+        else 0.0,
     )
 
 

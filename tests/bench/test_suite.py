@@ -163,3 +163,57 @@ def test_summary_warns_when_files_started_from_other_dense_weights(tmp_path: Pat
     )
     (line,) = summary.dense_mismatches([a, doc("d.json", None)])
     assert "not recorded: d.json" in line
+
+
+def test_slimline_columns_probe_without_a_time_limit() -> None:
+    # no method's search is held to time in the suite, so slimline's plans do not depend on
+    # the machine's speed; the job's default (search_share 0.25) is for users' jobs
+    from slimline.search.methods.constrained import ConstrainedSettings
+
+    assert ConstrainedSettings().search_share == 0.25
+    assert suite.METHODS["slimline"].settings == {"search_share": None}
+    ablation = suite.ablation_methods()
+    assert all(m.settings and m.settings["search_share"] is None for m in ablation.values())
+    assert ablation["slimline-admm"].settings == {"search_share": None, "projections": 3}
+
+
+def test_finetune_seed_keeps_the_dense_weights_of_the_seed(data_root: Path) -> None:
+    dense = {"status": "ok", "path": "/cache/dense-lenet5-abc.safetensors", "weights": None}
+    base = ["--max-steps", "1", "--data-root", str(data_root), "--seed", "0"]
+    plain = suite.parse_args(base)
+    seeded = suite.parse_args([*base, "--finetune-seed", "2"])
+    assert suite._cell_weights(dense, plain) is None  # the job finds the cache by its seed
+    assert suite._cell_weights(dense, seeded) == dense["path"]  # not the seed-2 dense model
+    short = {**dense, "weights": "/cache/dense-lenet5-short-abc.safetensors"}
+    assert suite._cell_weights(short, seeded) == short["weights"]
+    methods = [suite.METHODS["slimline"]]
+    (cell,) = suite.make_cells("lenet5", [8.0], methods, seeded, dense["path"])
+    assert cell.seed == 2 and cell.weights == dense["path"]
+    (cell,) = suite.make_cells("lenet5", [8.0], methods, plain, None)
+    assert cell.seed == 0 and cell.weights is None
+
+
+def test_seeds_table_gives_mean_and_spread_per_method(tmp_path: Path) -> None:
+    from bench import seeds
+
+    def run(name: str, seed: int | None, cells: dict[str, float]) -> Path:
+        path = tmp_path / name
+        meta = {"seed": 0, "finetune_seed": seed, "dense": {}}
+        rows = [
+            {"task": "lenet5", "ratio_target": 8.0, "method": m, "status": "ok", "retention": r}
+            for m, r in cells.items()
+        ]
+        rows.append({"task": "lenet5", "ratio_target": 8.0, "method": "optuna", "status": "error"})
+        path.write_text(json.dumps({"meta": meta, "cells": rows}))
+        return path
+
+    files = [
+        run("s0.json", None, {"slimline": 0.9990, "bitshare": 1.0010, "uniform-qat": 0.99}),
+        run("s1.json", 1, {"slimline": 1.0020, "bitshare": 0.9990}),
+        run("s2.json", 2, {"slimline": 1.0000, "bitshare": 0.9980}),
+    ]
+    runs = seeds.by_seed(files)
+    assert runs[("lenet5", 8.0, "slimline")] == {0: 0.9990, 1: 1.0020, 2: 1.0000}
+    lines = seeds.table(runs).splitlines()
+    assert lines[0] == "| task | budget | bitshare | slimline |"  # one seed: left out
+    assert lines[2] == ("| lenet5 | 8x | 99.93 (99.80-100.10, 3) | **100.03** (99.90-100.20, 3) |")

@@ -50,6 +50,9 @@ class SearchContext:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     teacher: nn.Module | None = None
     checkpoint_dir: Path | None = None
+    # seconds an earlier stage's search took (its scoring and solving); probing holds itself
+    # to a share of the fine-tuning time beside them (`probes.ProbeClock`)
+    search_seconds: float = 0.0
 
     @property
     def layer_budget(self) -> int:

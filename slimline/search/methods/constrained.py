@@ -211,8 +211,9 @@ class ConstrainedMethod(SearchMethod):
         if saved is not None and saved.exists():
             done = json.loads(saved.read_text())
         else:
-            spent = self.report.get("scores_seconds", 0.0) + self.report.get(
-                "allocation_seconds", 0.0
+            # the plan stage's search (a job) or this object's own (`propose` then `finetune`)
+            spent = ctx.search_seconds + sum(
+                self.report.get(k, 0.0) for k in ("scores_seconds", "allocation_seconds")
             )
             found = run_probes(ctx, self.last_scores, cfg, self.settings, spent)
             if _stopped(ctx) or (found["plan"] is None and found["stopped"] is None):
