@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from slimline.search.estimators import LossDeltaEstimator, calibration_examples
 from slimline.search.options import Plan
@@ -227,20 +228,26 @@ def run_probes(
         return cancelled() or clock.poll()
 
     results = []
-    for i, (change, plan) in enumerate(candidates):
-        if not clock.fits_another(i):
-            break
-        model = copy.deepcopy(ctx.model)  # every probe starts from the dense weights
-        SlopeRun(
-            model, ctx.geoms, plan, ctx.data, probe_cfg, ctx.finetune,
-            teacher=ctx.teacher, device=ctx.device,
-        ).run(should_stop=first_should_stop if i == 0 else cancelled)  # fmt: skip
-        if clock.stopped is not None or cancelled():
-            break
-        judge.prepare(model, [], ctx.data, device=ctx.device, seed=ctx.seed + PROBE_SEED_OFFSET)
-        results.append(ProbeResult(plan, change, judge.base_loss))
-        if ctx.progress is not None:
-            ctx.progress({"step": i + 1, "total": len(candidates), "probe_loss": judge.base_loss})
+    # the global RNG (dropout) is left as it was: the job's fine-tuning does not depend on
+    # how many probes ran, which the machine's speed decides
+    cuda = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        for i, (change, plan) in enumerate(candidates):
+            if not clock.fits_another(i):
+                break
+            model = copy.deepcopy(ctx.model)  # every probe starts from the dense weights
+            SlopeRun(
+                model, ctx.geoms, plan, ctx.data, probe_cfg, ctx.finetune,
+                teacher=ctx.teacher, device=ctx.device,
+            ).run(should_stop=first_should_stop if i == 0 else cancelled)  # fmt: skip
+            if clock.stopped is not None or cancelled():
+                break
+            seed = ctx.seed + PROBE_SEED_OFFSET
+            judge.prepare(model, [], ctx.data, device=ctx.device, seed=seed)
+            results.append(ProbeResult(plan, change, judge.base_loss))
+            if ctx.progress is not None:
+                event = {"step": i + 1, "total": len(candidates), "probe_loss": judge.base_loss}
+                ctx.progress(event)
     chosen = best(results) if len(results) >= 2 else None
     return {
         "plan": None if chosen is None else chosen.plan,

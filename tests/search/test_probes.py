@@ -22,6 +22,7 @@ from slimline.search.probes import (
     ProbeClock,
     alternative_plans,
     layer_groups,
+    run_probes,
 )
 from slimline.search.scoring import LayerScores, Scores
 from slimline.search.slope import SlopeRun
@@ -186,6 +187,28 @@ def test_probing_out_of_time_keeps_the_knapsacks_plan_and_says_why(  # type: ign
     assert method.report["probes"] == []  # the first probe was stopped after its pace showed
     assert "search_share 1e-06" in method.report["probes_stopped"]
     assert method.report["probe_seconds"] > 0
+
+
+def test_probing_leaves_the_global_rng_as_it_found_it(dense_digits) -> None:  # type: ignore[no-untyped-def]
+    # a model that draws from the global RNG in training (as dropout does): how many probe
+    # steps ran, which time decides, must not change the job's own fine-tuning
+    model, data = dense_digits
+    ctx = digits_context(model, data, 16, copy_model=True)
+
+    def draw(module: torch.nn.Module, inputs: object, output: object) -> None:
+        if module.training:
+            torch.rand(1)
+
+    ctx.model.register_forward_hook(draw)
+    settings = {"calibration_batches": 2, "probe_steps": 3, "probe_factor": 1000.0}
+    method = get_method("constrained", {**settings, "search_share": None})
+    method.propose(ctx)
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=64, seed=1, max_steps=12)
+    found = run_probes(ctx, method.last_scores, cfg, method.settings)
+    assert len(found["probes"]) == 2  # they ran, drawing from the RNG
+    assert torch.equal(torch.random.get_rng_state(), before)
 
 
 def test_search_share_is_checked_by_name() -> None:
