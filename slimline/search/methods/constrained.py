@@ -94,7 +94,8 @@ class ConstrainedSettings(MethodSettings):
     probe_share: float = 0.5
     # Scoring and probing together within this share of the fine-tuning time (estimated from
     # the first probe's pace; `probes.ProbeClock`): probes that would pass it are not run, and
-    # none when two do not fit. The target for search time. None: no time limit.
+    # none when two do not fit. 0.25: the search adds at most a quarter to fine-tuning's
+    # time (README "Benchmarks"). None: no time limit (probes within probe_share alone).
     search_share: float | None = 0.25
 
     def validate(self, field: str) -> None:
