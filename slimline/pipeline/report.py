@@ -137,7 +137,7 @@ def render_report(r: dict[str, Any]) -> str:
                 f"fine-tune {ft['epochs']:.3g} epochs, {ft['steps']:,} steps"
                 + (
                     f" ({ft['stretch']:.3g}x the recipe: a budget past its reference ratio)"
-                    if ft["stretch"] > 1
+                    if round(ft["stretch"], 2) > 1  # not "1x" for a budget just past it
                     else ""
                 )
             ]

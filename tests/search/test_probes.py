@@ -218,7 +218,7 @@ def test_search_share_is_checked_by_name() -> None:
     assert get_method("constrained", {"search_share": None}).settings.search_share is None
 
 
-def test_the_report_says_how_long_probing_took_and_which_plan_it_kept() -> None:
+def test_the_report_text_says_how_probing_went_and_what_fine_tuning_ran() -> None:
     from slimline.pipeline.report import render_report
 
     probes = [
@@ -241,3 +241,14 @@ def test_the_report_says_how_long_probing_took_and_which_plan_it_kept() -> None:
     why = "two probes need about 99.0s of search"
     text = render_report({**report, "probes": [], "probes_stopped": why})
     assert f"probing stopped after 15.6s, knapsack's plan kept: {why}" in text
+    # the fine-tuning line names a stretched recipe, but not one stretched by a rounding
+    recipe = {"epochs": 4.0, "steps": 1876, "stretch": 1.0}
+    for stretch, shown in ((1.004, None), (1.03, "1.03x the recipe"), (6.0, "6x the recipe")):
+        line = next(
+            x
+            for x in render_report(
+                {**report, "finetune": {**recipe, "stretch": stretch}}
+            ).splitlines()
+            if x.startswith("fine-tune")
+        )
+        assert (shown is None and "recipe" not in line) or (shown is not None and shown in line)
