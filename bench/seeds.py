@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 from pathlib import Path
-from typing import Any
 
 from bench.summary import ORDER, dense_mismatches
 
@@ -69,10 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.seeds", description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="+", type=Path, help="suite JSON files, one seed each")
     args = p.parse_args(argv)
-    runs: dict[tuple[str, float, str], dict[int, float]] = by_seed(args.files)
     print("Retention (%) over fine-tuning seeds: mean (lowest-highest, seeds)\n")
-    print(table(runs))
-    warnings: list[Any] = dense_mismatches(args.files)
+    print(table(by_seed(args.files)))
+    warnings = dense_mismatches(args.files)
     if warnings:
         print("\nWarning:\n" + "\n".join(warnings))
 
