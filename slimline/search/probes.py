@@ -132,8 +132,9 @@ class ProbeClock:
         probing = self.now() - self.started
         if self.spent + probing * (probes_done + 1) / probes_done <= allowed:
             return True
+        plans = f"{probes_done} plan{'s' if probes_done > 1 else ''}"
         self.stopped = (
-            f"after {probes_done} plans: one more needs about {probing / probes_done:.1f}s beyond"
+            f"after {plans}: one more needs about {probing / probes_done:.1f}s beyond"
             f" {self.spent + probing:.1f}s of search; search_share {self.share:g} allows"
             f" {allowed:.1f}s"
         )
