@@ -50,6 +50,7 @@ from slimline.search.finalize import finalize
 from slimline.search.layers import LayerGeometry, find_layers
 from slimline.search.masks import option_mask
 from slimline.search.methods import SearchContext, get_method
+from slimline.search.methods.base import search_seconds
 from slimline.search.options import REMOVED, Plan
 from slimline.search.scoring import Scores
 from slimline.search.settings import FinetuneSettings
@@ -221,12 +222,7 @@ def search_context(state: JobState, stage: str, progress: StageProgress) -> Sear
         finetune=FinetuneSettings.from_dict(state.spec.finetune, field="finetune"),
         teacher=state.dense_model if stage == "fine-tune" else None,
         checkpoint_dir=state.checkpoint_dir if stage == "fine-tune" else None,
-        search_seconds=sum(
-            float(state.search_report.get(k) or 0.0)
-            for k in ("scores_seconds", "allocation_seconds")
-        )
-        if stage == "fine-tune"
-        else 0.0,
+        search_seconds=search_seconds(state.search_report) if stage == "fine-tune" else 0.0,
     )
 
 

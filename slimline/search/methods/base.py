@@ -60,6 +60,11 @@ class SearchContext:
         return self.payload_budget - self.other_bytes
 
 
+def search_seconds(report: Mapping[str, Any]) -> float:
+    """Seconds of scoring and solving that a method's report records."""
+    return sum(float(report.get(k) or 0.0) for k in ("scores_seconds", "allocation_seconds"))
+
+
 class SearchMethod(ABC):
     name: ClassVar[str] = ""
     settings_cls: ClassVar[type[MethodSettings]] = MethodSettings

@@ -42,7 +42,7 @@ from slimline.search.estimators import (
     FisherEstimator,
     get_estimator,
 )
-from slimline.search.methods.base import SearchContext, SearchMethod, register
+from slimline.search.methods.base import SearchContext, SearchMethod, register, search_seconds
 from slimline.search.options import LayerOption, Plan
 from slimline.search.probes import run_probes
 from slimline.search.scoring import Scores, score_model
@@ -213,9 +213,7 @@ class ConstrainedMethod(SearchMethod):
             done = json.loads(saved.read_text())
         else:
             # the plan stage's search (a job) or this object's own (`propose` then `finetune`)
-            spent = ctx.search_seconds + sum(
-                self.report.get(k, 0.0) for k in ("scores_seconds", "allocation_seconds")
-            )
+            spent = ctx.search_seconds + search_seconds(self.report)
             found = run_probes(ctx, self.last_scores, cfg, self.settings, spent)
             if _stopped(ctx) or (found["plan"] is None and found["stopped"] is None):
                 return plan  # cancelled, or nothing to choose from
