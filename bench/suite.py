@@ -324,6 +324,10 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         scores_seconds=report.get("scores_seconds"),
         allocation_seconds=report.get("allocation_seconds"),
         probe_seconds=report.get("probe_seconds"),  # probing, inside the fine-tune stage
+        # losses the plan's scoring measured, and those earlier cells on the same dense model
+        # had measured (slimline.search.measurements: looked up, bit for bit the same)
+        measured=report.get("measured"),
+        measured_reused=report.get("measured_reused"),
         probes=report.get("probes") or None,  # each probed plan and its loss
         searches=report.get("searches") or None,  # bitshare's gate searches
         total_seconds=report["total_seconds"],  # the job's stages, inspect to verify

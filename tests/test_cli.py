@@ -233,3 +233,30 @@ def test_compress_a_pt2_program(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert any(layer["folded_norm"] for layer in r["layers"])
     model = slimline.load(out, program=program)
     assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 10)
+
+
+def test_a_second_job_on_the_same_model_looks_up_its_measurements(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two budgets of one dense model: the second job's scoring runs no loss it can look up
+    in the cache folder (`slimline.search.measurements`), and says so."""
+    mine = tmp_path / "cache"
+    mine.mkdir()
+    args = ["digits-cnn", "--data", "digits", "--max-steps", "3", "--cache-dir", str(mine)]
+    reports = []
+    for i, budget in enumerate(["16x", "24x", "16x"]):
+        report = tmp_path / f"r{i}.json"
+        out = tmp_path / f"o{i}.safetensors"
+        code = main(
+            ["compress", *args, "--budget", budget, "--out", str(out), "--report", str(report)]
+        )
+        text, err = capsys.readouterr()
+        assert code == 0, err
+        reports.append((json.loads(report.read_text()), text))
+    (first, text0), (_, text1), (again, text2) = reports
+    assert first["measured"] > 0 and "losses measured" in text0
+    assert "looked up from earlier runs" not in text0 and "looked up from earlier runs" in text2
+    assert again["measured"] == 0
+    assert again["measured_reused"] >= first["measured"]
+    assert [x["option"] for x in again["layers"]] == [x["option"] for x in first["layers"]]
+    assert list((mine / "measured").glob("measured-*.json"))

@@ -65,6 +65,9 @@ def build_report(state: JobState) -> dict[str, Any]:
         "allocation_seconds": state.search_report.get("allocation_seconds"),
         # probing (constrained): the short fine-tunes that chose among nearby plans
         "probe_seconds": state.search_report.get("probe_seconds"),
+        # the plan's scoring: losses measured, and looked up from earlier jobs' (`measurements`)
+        "measured": state.search_report.get("measured"),
+        "measured_reused": state.search_report.get("measured_reused"),
         "probes": state.search_report.get("probes", []),
         "probes_stopped": state.search_report.get("probes_stopped"),  # why, when time ran out
         "pareto": pareto_curve(state),
@@ -125,7 +128,7 @@ def render_report(r: dict[str, Any]) -> str:
         f"{r['verify'].get('max_abs_diff', float('nan')):.2e})",
         *(
             [
-                f"search    scoring {r['scores_seconds']:.1f}s, allocation "
+                f"search    scoring {r['scores_seconds']:.1f}s{_measured_text(r)}, allocation "
                 f"{r['allocation_seconds']:.3f}s, {len(r['projections'])} re-projections"
                 + _probing_text(r)
             ]
@@ -150,6 +153,16 @@ def render_report(r: dict[str, Any]) -> str:
         f"checkpoint {r['checkpoint']}",
     ]
     return "\n".join(lines)
+
+
+def _measured_text(r: dict[str, Any]) -> str:
+    """How many losses scoring measured, and how many it looked up instead."""
+    if r.get("measured") is None:
+        return ""
+    reused = r.get("measured_reused") or 0
+    return f" ({r['measured']:,} losses measured" + (
+        f", {reused:,} looked up from earlier runs)" if reused else ")"
+    )
 
 
 def _probing_text(r: dict[str, Any]) -> str:

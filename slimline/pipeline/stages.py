@@ -207,6 +207,9 @@ def inspect(state: JobState, progress: StageProgress) -> None:
     model.cpu()
 
 
+MEASURED_DIR = "measured"  # measured calibration losses, in the dense-model cache
+
+
 def search_context(state: JobState, stage: str, progress: StageProgress) -> SearchContext:
     assert state.model is not None
     return SearchContext(
@@ -223,6 +226,10 @@ def search_context(state: JobState, stage: str, progress: StageProgress) -> Sear
         teacher=state.dense_model if stage == "fine-tune" else None,
         checkpoint_dir=state.checkpoint_dir if stage == "fine-tune" else None,
         search_seconds=search_seconds(state.search_report) if stage == "fine-tune" else 0.0,
+        # beside the dense models: jobs on the same model and data share their measurements
+        measurements=(state.spec.cache_dir or default_cache_dir()) / MEASURED_DIR
+        if stage == "plan"
+        else None,
     )
 
 

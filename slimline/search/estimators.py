@@ -50,6 +50,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -58,6 +59,7 @@ from torch.nn.utils import parametrize
 
 from slimline.errors import InvalidOption
 from slimline.search.layers import LayerGeometry, is_graph_module
+from slimline.search.measurements import MeasuredLosses, change_key, fingerprint
 from slimline.search.training import TrainData, batches, set_training_mode, task_loss
 
 
@@ -268,7 +270,9 @@ class LossDeltaEstimator(DamageEstimator):
     Runs the model once per `damage` call: the exception to the estimator contract, for small
     models and as ground truth. The calibration set is ``examples`` examples (default
     ``batches * batch_size``) of the ``split`` ("train": a seeded random subset; "val": the
-    first ones), evaluated in chunks of ``chunk``.
+    first ones), evaluated in chunks of ``chunk``. With ``store_dir`` a loss measured before
+    on the same model, calibration set and change (by any job using that folder) is looked up
+    instead of run again (`measurements`); `save` keeps the new ones.
     """
 
     name = "loss"
@@ -280,6 +284,12 @@ class LossDeltaEstimator(DamageEstimator):
             )
         self.examples, self.split, self.chunk = examples, split, chunk
         self.base_loss = 0.0
+        # Where measured losses are kept between jobs (`measurements`; None: this run only).
+        # Set before `prepare`, which opens the file of this model and calibration set.
+        self.store_dir: Path | None = None
+        self.losses: MeasuredLosses | None = None
+        self.runs = 0  # losses `joint_damage` measured (a pass over the calibration set each)
+        self.reused = 0  # losses it looked up in the store instead
 
     def prepare(
         self,
@@ -301,11 +311,30 @@ class LossDeltaEstimator(DamageEstimator):
             self.x, self.y = data.x_val[:n], data.y_val[:n]
         self.model, self.task, self.device = model, data.task, torch.device(device)
         self.base_loss = self._loss()
+        key = fingerprint(model, (self.x, self.y), self.task, self.device.type, self.chunk)
+        self.losses = MeasuredLosses.open(self.store_dir, key)
 
     def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
         return self.joint_damage([(geom, w_hat)])
 
     def joint_damage(self, changes: Sequence[tuple[LayerGeometry, torch.Tensor]]) -> float:
+        key = change_key((geom.name, w_hat) for geom, w_hat in changes)
+        known = self.losses.get(key) if self.losses is not None else None
+        if known is not None:
+            self.reused += 1
+            return known - self.base_loss
+        loss = self._replaced_loss(changes)
+        self.runs += 1
+        if self.losses is not None:
+            self.losses.put(key, loss)
+        return loss - self.base_loss
+
+    def save(self) -> None:
+        """Keep what was measured (in ``store_dir``, when set)."""
+        if self.losses is not None:
+            self.losses.save()
+
+    def _replaced_loss(self, changes: Sequence[tuple[LayerGeometry, torch.Tensor]]) -> float:
         with calibration_mode(self.model, self.device), torch.no_grad():
             params = [layer_weight(self.model, geom) for geom, _ in changes]
             saved = [p.detach().clone() for p in params]
@@ -316,7 +345,7 @@ class LossDeltaEstimator(DamageEstimator):
             finally:
                 for p, old in zip(params, saved, strict=True):
                     p.copy_(old)
-        return loss - self.base_loss
+        return loss
 
     def _loss(self) -> float:
         """Mean task loss over the calibration set (in chunks, summed in float64)."""

@@ -16,8 +16,10 @@ the file's bytes (scales, indices and bias included) and its damage is loss-awar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ from slimline.search.compressed import CompressedWeight
 from slimline.search.estimators import (
     DamageEstimator,
     FisherEstimator,
+    LossDeltaEstimator,
     calibration_mode,
     get_estimator,
     layer_weight,
@@ -301,6 +304,7 @@ def score_model(
     solver: str = "exact",
     monotone: bool = True,
     branches: Sequence[Sequence[str]] = (),
+    store: Path | None = None,
 ) -> Scores:
     """Bytes and damage of every option of every layer, from one calibration pass.
 
@@ -324,13 +328,19 @@ def score_model(
     ``branches`` (`branches.removal_branches`): sets of layers whose removal together is
     measured, one forward pass each, and stored as a `JointDamage` the knapsack can take in
     place of the sum of their removals (none where the estimator does not run the model).
+
+    ``store``: a folder where measured losses are kept between runs on the same model and
+    calibration set (`measurements`): what was measured there before is looked up, not run.
     """
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     geoms = list(geoms)
     for geom in geoms:
         layer_weight(model, geom)  # refuse parametrized layers before any work
+    measuring = measuring_estimator(est)
+    if measuring is not None:
+        measuring.store_dir = store
     out: list[LayerScores] = []
-    with calibration_mode(model, device):
+    with calibration_mode(model, device), _saving(measuring):
         est.prepare(
             model, geoms, data, batches=batches, batch_size=batch_size, device=device, seed=seed
         )
@@ -361,6 +371,32 @@ def score_model(
             assert isinstance(est, FisherEstimator) and budget is not None
             _measure_for_budget(est, scores, pending, budget, solver, monotone)
     return scores
+
+
+def measuring_estimator(est: DamageEstimator) -> LossDeltaEstimator | None:
+    """The estimator that runs the model for ``est``'s measurements (None: it never does)."""
+    if isinstance(est, FisherEstimator):
+        return est.measured
+    return est if isinstance(est, LossDeltaEstimator) else None
+
+
+def count_measurements(report: dict[str, Any], est: DamageEstimator | None) -> None:
+    """Record in ``report`` how many losses ``est`` measured (``measured``: a forward pass over
+    the calibration set each) and how many it looked up in the store (``measured_reused``)."""
+    measuring = measuring_estimator(est) if est is not None else None
+    if measuring is not None:
+        report["measured"] = measuring.runs
+        report["measured_reused"] = measuring.reused
+
+
+@contextmanager
+def _saving(measuring: LossDeltaEstimator | None) -> Iterator[None]:
+    """Keep what was measured inside the block, also when it ends by an error or a stop."""
+    try:
+        yield
+    finally:
+        if measuring is not None:
+            measuring.save()
 
 
 @dataclass

@@ -53,6 +53,9 @@ class SearchContext:
     # seconds an earlier stage's search took (its scoring and solving); probing holds itself
     # to a share of the fine-tuning time beside them (`probes.ProbeClock`)
     search_seconds: float = 0.0
+    # where measured calibration losses of the dense model are kept between jobs (the dense
+    # model cache: `measurements`); None: measured for this job only
+    measurements: Path | None = None
 
     @property
     def layer_budget(self) -> int:

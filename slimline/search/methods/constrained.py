@@ -45,7 +45,7 @@ from slimline.search.estimators import (
 from slimline.search.methods.base import SearchContext, SearchMethod, register, search_seconds
 from slimline.search.options import LayerOption, Plan
 from slimline.search.probes import run_probes
-from slimline.search.scoring import Scores, score_model
+from slimline.search.scoring import Scores, count_measurements, score_model
 from slimline.search.settings import MethodSettings
 from slimline.search.slope import distillation_loss
 from slimline.search.train_checkpoint import load_checkpoint, save_checkpoint
@@ -129,6 +129,7 @@ class ConstrainedMethod(SearchMethod):
         s = self.settings
         t0 = time.perf_counter()
         kw: dict[str, Any] = {} if restrict is None else {"options": lambda g: restrict[g.name]}
+        first = self._estimator is None
         if self._estimator is None:
             kw_est = {"measure_above": s.measure_above} if s.estimator == "fisher" else {}
             self._estimator = get_estimator(s.estimator, **kw_est)
@@ -148,6 +149,8 @@ class ConstrainedMethod(SearchMethod):
             budget=ctx.layer_budget,  # far options measured where this budget's choice needs
             solver=s.solver,
             branches=removal_branches([g.name for g in ctx.geoms]) if s.joint_removal else (),
+            # the dense model's losses are worth keeping; a re-projection's weights are not
+            store=ctx.measurements if first and model is ctx.model else None,
             **kw,
         )
         self.report["scores_seconds"] = self.report.get("scores_seconds", 0.0) + (
@@ -165,6 +168,7 @@ class ConstrainedMethod(SearchMethod):
 
     def propose(self, ctx: SearchContext) -> Plan:
         self.last_scores = self._score(ctx, ctx.model, None)
+        count_measurements(self.report, self._estimator)
         return self._solve(ctx, self.last_scores)
 
     # --------------------------------------------------------------- fine-tune

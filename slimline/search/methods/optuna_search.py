@@ -52,11 +52,12 @@ import torch
 from slimline.errors import InfeasibleBudget, InvalidOption
 from slimline.search.accounting import layer_bytes
 from slimline.search.compressed import apply_plan
+from slimline.search.estimators import get_estimator
 from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
-from slimline.search.scoring import Scores, score_model
+from slimline.search.scoring import Scores, count_measurements, score_model
 from slimline.search.settings import MethodSettings
 from slimline.search.training import TrainConfig, TrainData, evaluate, train
 
@@ -280,17 +281,22 @@ class OptunaMethod(SearchMethod):
     def propose(self, ctx: SearchContext) -> Plan:
         s = self.settings
         t0 = time.perf_counter()
+        est = get_estimator(s.estimator)
         scores = score_model(
             ctx.model,
             ctx.geoms,
             ctx.data,
-            estimator=s.estimator,
+            estimator=est,
             batches=s.calibration_batches,
             batch_size=s.calibration_batch_size,
             device=ctx.device,
             seed=ctx.seed,
+            progress=ctx.progress,
+            store=ctx.measurements,
         )
         self.last_scores = scores
+        self.report["scores_seconds"] = time.perf_counter() - t0
+        count_measurements(self.report, est)
         warm = scores.resolve(ctx.layer_budget)
         space = search_space(scores, ctx.geoms, warm)
         smallest = int(sum(lc.bytes.min() for lc in space))
