@@ -47,6 +47,7 @@ statistics; graph modules are switched by editing the graph) and is left as foun
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -290,6 +291,7 @@ class LossDeltaEstimator(DamageEstimator):
         self.losses: MeasuredLosses | None = None
         self.runs = 0  # losses `joint_damage` measured (a pass over the calibration set each)
         self.reused = 0  # losses it looked up in the store instead
+        self.run_seconds = 0.0  # time the measured ones took
 
     def prepare(
         self,
@@ -323,7 +325,9 @@ class LossDeltaEstimator(DamageEstimator):
         if known is not None:
             self.reused += 1
             return known - self.base_loss
+        t0 = time.perf_counter()
         loss = self._replaced_loss(changes)
+        self.run_seconds += time.perf_counter() - t0
         self.runs += 1
         if self.losses is not None:
             self.losses.put(key, loss)

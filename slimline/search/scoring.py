@@ -382,10 +382,12 @@ def measuring_estimator(est: DamageEstimator) -> LossDeltaEstimator | None:
 
 def count_measurements(report: dict[str, Any], est: DamageEstimator | None) -> None:
     """Record in ``report`` how many losses ``est`` measured (``measured``: a forward pass over
-    the calibration set each) and how many it looked up in the store (``measured_reused``)."""
+    the calibration set each, ``measured_seconds`` in all) and how many it looked up in the
+    store (``measured_reused``)."""
     measuring = measuring_estimator(est) if est is not None else None
     if measuring is not None:
         report["measured"] = measuring.runs
+        report["measured_seconds"] = measuring.run_seconds
         report["measured_reused"] = measuring.reused
 
 

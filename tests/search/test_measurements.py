@@ -31,6 +31,7 @@ def scored(model: nn.Module, data: Dataset, store: Path | None, budget: int | No
     )
     report: dict = {}
     count_measurements(report, est)
+    assert (report.pop("measured_seconds") > 0) == (report["measured"] > 0)
     return scores, report
 
 
