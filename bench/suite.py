@@ -553,6 +553,7 @@ def render_markdown(doc: dict[str, Any], title: str) -> str:
         + (f", {meta['jobs']} cells at once" if meta.get("jobs", 1) > 1 else "")
         + f"; {meta['machine']}, "
         f"{meta['cpus']} CPUs"
+        + (f" ({meta['matmul_gflops']:g} GFLOP/s a thread)" if meta.get("matmul_gflops") else "")
         + (f"; device {meta['device']}" if meta.get("device", "cpu") != "cpu" else "")
         + (f"; wall time {meta['wall_seconds']:.0f} s" if meta.get("wall_seconds") else ""),
     ]
@@ -847,6 +848,8 @@ def _new_doc(
         "device": args.device,
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
+        # wall times of two runs compare only at equal speed: one thread's fp32 matmul rate
+        "matmul_gflops": matmul_gflops(),
         "python": platform.python_version(),
         "dense_steps": args.dense_steps,
         "dense": {},
@@ -860,6 +863,26 @@ def _new_doc(
         + (OPTUNA_BUDGET_NOTE if "optuna" in args.methods else "")
     )
     return {"meta": meta, "cells": []}
+
+
+def matmul_gflops(n: int = 512, repeat: int = 5) -> float:
+    """One thread's fp32 matmul rate (GFLOP/s, best of ``repeat`` [n, n] products): this
+    session's machine did the same cells 2.7x slower than the last one's (bitshare bytegpt 8x,
+    585 s against 219 s, the same result), which no other field of the meta shows."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return round(2 * n**3 / best / 1e9, 1)
 
 
 def _resume_into(doc: dict[str, Any], stem: Path, name: str, args: argparse.Namespace) -> None:

@@ -314,7 +314,11 @@ class LossDeltaEstimator(DamageEstimator):
         self.model, self.task, self.device = model, data.task, torch.device(device)
         self.base_loss = self._loss()
         key = fingerprint(model, (self.x, self.y), self.task, self.device.type, self.chunk)
+        kept = self.losses
         self.losses = MeasuredLosses.open(self.store_dir, key)
+        if kept is not None and kept.fingerprint == key:  # prepared again on the same model
+            self.losses.values.update(kept.values)
+            self.losses.new.update(kept.new)
 
     def damage(self, geom: LayerGeometry, w: torch.Tensor, w_hat: torch.Tensor) -> float:
         return self.joint_damage([(geom, w_hat)])

@@ -152,3 +152,25 @@ def test_methods_report_what_they_measured_and_reused(
     first, second = reports
     assert first["measured"] > 0 and second["measured"] == 0
     assert second["measured_reused"] == first["measured"] + first["measured_reused"]
+
+
+def test_preparing_again_on_the_same_model_keeps_what_was_measured(
+    dense_digits: tuple[nn.Module, Dataset],
+) -> None:
+    """One estimator for two scoring passes over the same weights (bitshare's neighbourhood,
+    then every candidate) measures each loss once; on other weights it starts over."""
+    model, data = dense_digits
+    geom = find_layers(model)[0]
+    w = model.get_submodule(geom.name).weight
+    est = LossDeltaEstimator(examples=64)
+    est.prepare(model, [geom], data)
+    first = est.damage(geom, w, torch.zeros_like(w))
+    est.prepare(model, [geom], data)
+    assert est.damage(geom, w, torch.zeros_like(w)) == first
+    assert (est.runs, est.reused) == (1, 1)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.get_submodule(geom.name).weight.mul_(0.5)
+    est.prepare(other, [geom], data)
+    est.damage(geom, w, torch.zeros_like(w))
+    assert (est.runs, est.reused) == (2, 1)

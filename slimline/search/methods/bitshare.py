@@ -43,6 +43,7 @@ from torch import nn
 
 from slimline.errors import InfeasibleBudget, InvalidOption
 from slimline.search.accounting import layer_bytes
+from slimline.search.estimators import FisherEstimator
 from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
 from slimline.search.methods.base import SearchContext, SearchMethod, register
@@ -197,6 +198,7 @@ class BitShareMethod(SearchMethod):
 
     name = "bitshare"
     settings_cls = BitShareSettings
+    _estimator: FisherEstimator | None = None  # one per propose (see `score`)
 
     @property
     def config(self) -> BitShareSettings:
@@ -214,6 +216,7 @@ class BitShareMethod(SearchMethod):
             return sum(exact(g, grids[g.name].nearest(configs[g.name])) for g in ctx.geoms)
 
         self.report = {"searches": [], "scores_seconds": 0.0, "allocation_seconds": 0.0}
+        self._estimator = None
         widest = {g.name: GatedConfig(bits=8, kept=1.0) for g in ctx.geoms}
         if gated_bytes(widest) <= ctx.layer_budget:
             configs, searched = widest, ctx.model  # scoring leaves the model unchanged
@@ -241,14 +244,16 @@ class BitShareMethod(SearchMethod):
         self, ctx: SearchContext, model: nn.Module, options: dict[str, list[LayerOption]]
     ) -> Scores:
         """Fisher damage of each layer's ``options`` on ``model`` (the searched weights)."""
-        from slimline.search.scoring import score_model
+        from slimline.search.scoring import count_measurements, score_model
 
         t0 = time.perf_counter()
+        if self._estimator is None:  # one for both passes: the second looks up the first's
+            self._estimator = FisherEstimator()
         scores = score_model(
             model,
             ctx.geoms,
             ctx.data,
-            estimator="fisher",
+            estimator=self._estimator,
             options=lambda g: options[g.name],
             batches=self.config.calib_batches,
             batch_size=self.config.calib_batch_size,
@@ -256,6 +261,7 @@ class BitShareMethod(SearchMethod):
             seed=ctx.seed,
         )
         self.report["scores_seconds"] += time.perf_counter() - t0
+        count_measurements(self.report, self._estimator)
         return scores
 
     def bisect_lambda(
