@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench.suite import TASKS
+from bench.suite import TASKS, matmul_gflops
 from slimline.budget import parse_budget
 from slimline.pipeline import stages
 from slimline.search.methods import get_method
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "threads": 1,
+            "matmul_gflops": matmul_gflops(),  # machines differ: bench.suite.matmul_gflops
         },
         "tasks": {},
     }

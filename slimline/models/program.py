@@ -31,7 +31,6 @@ from torch import fx, nn
 
 from slimline.archives import check_archive_file
 from slimline.errors import InvalidModel
-from slimline.models._pt2_guard import check_pt2_archive
 
 aten = torch.ops.aten
 
@@ -103,6 +102,10 @@ def load_program(path: str | os.PathLike[str], *, max_bytes: int | None = None) 
         )
     check_archive_file(path, error=InvalidModel, field="program", max_bytes=max_bytes)
     try:
+        # imported here: the archive reader pulls in torch.export's serializer and dynamo
+        # (seconds of import), which a job on a zoo model never needs
+        from slimline.models._pt2_guard import check_pt2_archive
+
         check_pt2_archive(path)
         program = torch.export.load(path)
         # check_guards=False: the default exec()s the archive's guards_code (see _pt2_guard).
