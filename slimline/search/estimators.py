@@ -313,7 +313,9 @@ class LossDeltaEstimator(DamageEstimator):
             self.x, self.y = data.x_val[:n], data.y_val[:n]
         self.model, self.task, self.device = model, data.task, torch.device(device)
         self.base_loss = self._loss()
-        key = fingerprint(model, (self.x, self.y), self.task, self.device.type, self.chunk)
+        key = fingerprint(
+            model, (self.x, self.y), self.task, self.device.type, self.chunk, self.base_loss
+        )
         kept = self.losses
         self.losses = MeasuredLosses.open(self.store_dir, key)
         if kept is not None and kept.fingerprint == key:  # prepared again on the same model

@@ -47,10 +47,15 @@ def tensor_hash(t: torch.Tensor) -> str:
 
 
 def fingerprint(model: nn.Module, tensors: Sequence[torch.Tensor], *extra: object) -> str:
-    """What a measured loss depends on besides the change: every tensor of ``model``, the
+    """What a measured loss depends on besides the change: what ``model`` computes (its class,
+    its printed structure, its ``config``, a graph module's code) with which tensors, the
     calibration ``tensors``, the torch version, the threads, and ``extra`` (task, device,
-    chunking)."""
+    chunking, the unchanged model's loss: two models whose tensors are equal but whose forward
+    passes differ, say in their number of attention heads, already differ there)."""
     h = hashlib.sha256()
+    code = getattr(model, "code", None)  # a graph module's Python code
+    arch = (type(model).__module__, type(model).__qualname__, repr(model), str(code or ""))
+    h.update(repr((arch, repr(getattr(model, "config", None)))).encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         _update(h, t)

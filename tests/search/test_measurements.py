@@ -85,6 +85,12 @@ def test_the_fingerprint_covers_the_calibration_set_and_the_key_the_change() -> 
     assert fingerprint(model, (x, y), "classify", "cpu", 1024) == base
     assert fingerprint(model, (x[:3], y[:3]), "classify", "cpu", 1024) != base
     assert fingerprint(model, (x, y), "classify", "cpu", 512) != base
+    # equal tensors, another computation: the architecture is part of the fingerprint
+    torch.manual_seed(0)
+    relu = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    tanh = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
+    tanh.load_state_dict(relu.state_dict())
+    assert fingerprint(relu, (x, y)) != fingerprint(tanh, (x, y))
     w = torch.randn(2, 3)
     key = change_key([("a", w), ("b", w * 2)])
     assert key == change_key([("b", w * 2), ("a", w)])  # order-free
