@@ -112,18 +112,28 @@ class MeasuredLosses:
         return {str(k): float(v) for k, v in raw["losses"].items() if isinstance(v, int | float)}
 
     def save(self) -> int:
-        """Merge what was measured here into the file; returns how many entries it holds."""
+        """Merge what was measured here into the file; returns how many entries it holds. A
+        folder that cannot be written costs the next job its lookups, not this job its run:
+        the error is logged and the entries stay in memory."""
         if self.path is None or not self.new:
             return len(self.values)
+        try:
+            merged = self._merge_into_file()
+        except OSError as exc:
+            log.warning("measured losses not kept in %s: %s", self.path, exc)
+            return len(self.values)
+        self.values.update(merged)
+        self.new = {}
+        return len(merged)
+
+    def _merge_into_file(self) -> dict[str, float]:
+        assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self.path.with_suffix(".lock")
-        with open(lock, "a") as fh:
+        with open(self.path.with_suffix(".lock"), "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             merged = {**self._read(), **self.new}
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             body = {"format": FORMAT, "fingerprint": self.fingerprint, "losses": merged}
             tmp.write_text(json.dumps(body, sort_keys=True))
             os.replace(tmp, self.path)
-        self.values.update(merged)
-        self.new = {}
-        return len(merged)
+        return merged

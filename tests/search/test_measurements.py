@@ -118,6 +118,12 @@ def test_two_writers_keep_both_and_a_bad_file_counts_as_empty(tmp_path: Path) ->
         json.dumps({"format": 1, "fingerprint": "other", "losses": {"k": 1.0}})
     )
     assert MeasuredLosses.open(tmp_path, "h").values == {}
+    # a folder that cannot be written: the run goes on, what it measured stays in memory
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    store = MeasuredLosses.open(blocked / "sub", "f")
+    store.put("k", 1.5)
+    assert store.save() == 1 and store.get("k") == 1.5 and store.new == {"k": 1.5}
 
 
 def test_a_lookup_is_what_measuring_gives(
