@@ -866,9 +866,9 @@ def _new_doc(
 
 
 def matmul_gflops(n: int = 512, repeat: int = 5) -> float:
-    """One thread's fp32 matmul rate (GFLOP/s, best of ``repeat`` [n, n] products): this
-    session's machine did the same cells 2.7x slower than the last one's (bitshare bytegpt 8x,
-    585 s against 219 s, the same result), which no other field of the meta shows."""
+    """One thread's fp32 matmul rate (GFLOP/s, best of ``repeat`` [n, n] products). Machines
+    that all say "2 CPUs" ran the same cell 2.7x apart (bitshare bytegpt 8x: 219 s and 585 s,
+    the same result; README "Benchmarks"), which no other field of the meta shows."""
     import torch
 
     threads = torch.get_num_threads()
