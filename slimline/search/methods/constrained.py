@@ -129,7 +129,6 @@ class ConstrainedMethod(SearchMethod):
         s = self.settings
         t0 = time.perf_counter()
         kw: dict[str, Any] = {} if restrict is None else {"options": lambda g: restrict[g.name]}
-        first = self._estimator is None
         if self._estimator is None:
             kw_est = {"measure_above": s.measure_above} if s.estimator == "fisher" else {}
             self._estimator = get_estimator(s.estimator, **kw_est)
@@ -149,8 +148,8 @@ class ConstrainedMethod(SearchMethod):
             budget=ctx.layer_budget,  # far options measured where this budget's choice needs
             solver=s.solver,
             branches=removal_branches([g.name for g in ctx.geoms]) if s.joint_removal else (),
-            # the dense model's losses are worth keeping; a re-projection's weights are not
-            store=ctx.measurements if first and model is ctx.model else None,
+            # set by the pipeline's plan stage only: the dense model's losses are worth keeping
+            store=ctx.measurements,
             **kw,
         )
         self.report["scores_seconds"] = self.report.get("scores_seconds", 0.0) + (
