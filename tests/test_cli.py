@@ -261,3 +261,29 @@ def test_a_second_job_on_the_same_model_looks_up_its_measurements(
     assert again["measured_reused"] >= first["measured"]
     assert [x["option"] for x in again["layers"]] == [x["option"] for x in first["layers"]]
     assert list((mine / "measured").glob("measured-*.json"))
+
+
+def test_a_bitshare_job_at_another_budget_loads_the_opening_gate_search(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bitshare's first gate search is the same at every budget: the second job (another
+    budget, same cache folder) loads it (`gate_search_store`) and says so."""
+    mine = tmp_path / "cache"
+    args = ["digits-cnn", "--data", "digits", "--max-steps", "3", "--cache-dir", str(mine)]
+    args += ["--method", "bitshare", "--method-settings", '{"search_steps": 30}']
+    reports = []
+    for i, budget in enumerate(["16x", "32x"]):
+        report = tmp_path / f"r{i}.json"
+        out = tmp_path / f"o{i}.safetensors"
+        code = main(
+            ["compress", *args, "--budget", budget, "--out", str(out), "--report", str(report)]
+        )
+        text, err = capsys.readouterr()
+        assert code == 0, err
+        reports.append((json.loads(report.read_text()), text))
+    (first, text0), (second, text1) = reports
+    assert [s["looked_up"] for s in first["searches"]][0] is False
+    assert [s["looked_up"] for s in second["searches"]][0] is True
+    assert "gate searches" in text0 and "loaded from an earlier run" not in text0
+    assert "1 loaded from an earlier run" in text1
+    assert len(list((mine / "measured").glob("gates-*.safetensors"))) == 1

@@ -128,7 +128,8 @@ def render_report(r: dict[str, Any]) -> str:
         f"{r['verify'].get('max_abs_diff', float('nan')):.2e})",
         *(
             [
-                f"search    scoring {r['scores_seconds']:.1f}s{_measured_text(r)}, allocation "
+                f"search    scoring {r['scores_seconds']:.1f}s{_measured_text(r)}{_gate_text(r)}, "
+                f"allocation "
                 f"{r['allocation_seconds']:.3f}s, {len(r['projections'])} re-projections"
                 + _probing_text(r)
             ]
@@ -162,6 +163,17 @@ def _measured_text(r: dict[str, Any]) -> str:
     reused = r.get("measured_reused") or 0
     return f" ({r['measured']:,} losses measured" + (
         f", {reused:,} looked up from earlier runs)" if reused else ")"
+    )
+
+
+def _gate_text(r: dict[str, Any]) -> str:
+    """bitshare: how many gate searches ran, and how many were loaded from an earlier job's."""
+    searches = r.get("searches") or []
+    if not searches:
+        return ""
+    kept = sum(1 for s in searches if s.get("looked_up"))
+    return f", {len(searches)} gate searches" + (
+        f" ({kept} loaded from an earlier run)" if kept else ""
     )
 
 

@@ -25,6 +25,9 @@ What we do differently from the paper:
     (unstructured density or N:M ratio) nearest f in log scale — weights, not channels, go;
   - the widest width is 8 bits; fp16 is reachable only as the projection's "more bits"
     neighbour of 8;
+  - the opening search (lambda at the middle of the bracket, whatever the budget) is kept
+    between jobs on the same model and data (`gate_search_store`, in the dense-model cache's
+    measurements folder): a second budget loads it instead of training it again;
   - when every layer at 8 bits, nothing pruned, already fits, no search runs (it could only
     close gates the budget does not ask to close) and the candidates are scored on the dense
     weights.
@@ -46,6 +49,7 @@ from slimline.search.accounting import layer_bytes
 from slimline.search.estimators import FisherEstimator
 from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
+from slimline.search.methods import gate_search_store
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.methods.bitshare_gates import (
     GatedConfig,
@@ -280,25 +284,48 @@ class BitShareMethod(SearchMethod):
         total = s.lambda_iters * s.search_steps
         every = max(1, total // 50)
         best: tuple[float, GateSearch] | None = None
+        knobs = {
+            "steps": s.search_steps,
+            "lr": s.lr,
+            "gate_lr": s.gate_lr,
+            "group_rows": s.group_rows,
+            "batch_size": s.batch_size,
+            "seed": ctx.seed,
+        }
         for i in range(s.lambda_iters):
             lam = bracket.next()
-            found = search_gates(
-                ctx.model,
-                ctx.geoms,
-                ctx.data,
-                lam,
-                steps=s.search_steps,
-                lr=s.lr,
-                gate_lr=s.gate_lr,
-                group_rows=s.group_rows,
-                batch_size=s.batch_size,
-                device=ctx.device,
-                seed=ctx.seed,
-                report=_reporter(ctx.progress, lam, i * s.search_steps, total, every),
-                should_stop=ctx.should_stop,
-            )
+            report = _reporter(ctx.progress, lam, i * s.search_steps, total, every)
+            # the opening lambda is the same at every budget: kept between jobs (gate_search_store)
+            key = None
+            if i == 0 and ctx.measurements is not None:
+                key = gate_search_store.search_key(
+                    ctx.model, ctx.geoms, ctx.data, lam, ctx.device, **knobs
+                )
+            found = None
+            if key is not None:
+                found = gate_search_store.load(
+                    ctx.measurements, key, ctx.model, ctx.geoms, lam, ctx.device
+                )
+            looked_up = found is not None
+            if found is None:
+                found = search_gates(
+                    ctx.model,
+                    ctx.geoms,
+                    ctx.data,
+                    lam,
+                    **knobs,
+                    device=ctx.device,
+                    report=report,
+                    should_stop=ctx.should_stop,
+                )
+                if key is not None and found.steps == s.search_steps:
+                    gate_search_store.save(ctx.measurements, key, found)
             size = gated_bytes(found.configs)
-            self.report["searches"].append({"lambda": lam, "bytes": size, "loss": found.loss})
+            if looked_up and report is not None:
+                report(s.search_steps, found.loss, float(size))
+            self.report["searches"].append(
+                {"lambda": lam, "bytes": size, "loss": found.loss, "looked_up": looked_up}
+            )
             miss = abs(math.log(max(size, 1) / budget))
             if best is None or miss < best[0]:
                 best = (miss, found)

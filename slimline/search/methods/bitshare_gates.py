@@ -172,6 +172,7 @@ class GateSearch:
     configs: dict[str, GatedConfig]
     model: nn.Module  # the searched copy, parametrizations removed (latent weights)
     loss: float  # task loss + penalty of the last step
+    steps: int  # training steps it ran (fewer than asked for when stopped)
 
 
 def search_gates(
@@ -206,7 +207,7 @@ def search_gates(
     rest = [p for p in work.parameters() if p.requires_grad and id(p) not in gate_ids]
     opt = torch.optim.Adam([{"params": rest, "lr": lr}, {"params": gates, "lr": gate_lr}])
     set_training_mode(work, True)
-    loss_value = float("nan")
+    loss_value, done = float("nan"), 0
     for step, (x, y) in enumerate(batches(data, batch_size, seed)):
         if step >= steps or (should_stop is not None and should_stop()):
             break
@@ -218,7 +219,7 @@ def search_gates(
         opt.step()
         for q in quantizers.values():
             q.clamp_()
-        loss_value = float(loss.detach())
+        loss_value, done = float(loss.detach()), step + 1
         if report is not None:
             report(step + 1, loss_value, float(cost.detach()))
     set_training_mode(work, False)
@@ -227,7 +228,7 @@ def search_gates(
         mod = work.get_submodule(g.name)
         configs[g.name] = quantizers[g.name].config(mod.parametrizations["weight"].original)
         parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
-    return GateSearch(lam=lam, configs=configs, model=work, loss=loss_value)
+    return GateSearch(lam=lam, configs=configs, model=work, loss=loss_value, steps=done)
 
 
 # ------------------------------------------------------------------ gated config -> options
