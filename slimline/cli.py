@@ -69,6 +69,7 @@ FINETUNE_HELP = (
 
 def _compress(args: argparse.Namespace) -> int:
     from slimline.budget import parse_budget
+    from slimline.config import get_settings
     from slimline.pipeline.report import build_report, render_report
     from slimline.pipeline.stages import JobSpec, run_job
 
@@ -86,6 +87,7 @@ def _compress(args: argparse.Namespace) -> int:
         out=Path(args.out),
         device=args.device,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        measured_max_bytes=get_settings().measured_max_bytes,
         method_settings=_json_object(args.method_settings, "method-settings"),
         max_steps=args.max_steps,
         finetune=_json_object(args.finetune, "finetune"),

@@ -17,6 +17,8 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from slimline.search.store_folder import DEFAULT_MAX_BYTES
+
 MIB = 1024**2
 FILESYSTEM_BROKER = "filesystem://"
 
@@ -53,6 +55,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * MIB, gt=0)
     # Most compressible layers a model may have; more is refused at inspection (422).
     max_layers: int = Field(default=2000, gt=0)
+    # Largest the dense-model cache's measurements folder may grow (kept calibration losses and
+    # bitshare's opening gate searches, `slimline.search.store_folder`), bytes; past it the
+    # least recently used files are removed.
+    measured_max_bytes: int = Field(default=DEFAULT_MAX_BYTES, gt=0)
     # Default wall-clock limit of one job, seconds; the best feasible result so far is kept.
     job_time_limit_s: float = Field(default=6 * 3600.0, gt=0)
     # How often a running worker refreshes its job's heartbeat, seconds.

@@ -54,6 +54,7 @@ from slimline.search.methods.base import search_seconds
 from slimline.search.options import REMOVED, Plan
 from slimline.search.scoring import Scores
 from slimline.search.settings import FinetuneSettings
+from slimline.search.store_folder import DEFAULT_MAX_BYTES, StoreFolder
 from slimline.search.training import TrainConfig, evaluate, pick_device
 
 StageProgress = Callable[[str, dict[str, Any]], None]
@@ -77,6 +78,8 @@ class JobSpec:
     out: Path = Path("model.slim.safetensors")
     device: str = "auto"
     cache_dir: Path | None = None
+    # the size limit of the cache's measurements folder (`store_folder`; Settings)
+    measured_max_bytes: int = DEFAULT_MAX_BYTES
     max_steps: int | None = None  # cap on fine-tuning steps (quick runs)
     method_settings: dict[str, Any] = field(default_factory=dict)  # the method's own knobs
     finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneSettings (SLOPE) knobs
@@ -227,7 +230,10 @@ def search_context(state: JobState, stage: str, progress: StageProgress) -> Sear
         checkpoint_dir=state.checkpoint_dir if stage == "fine-tune" else None,
         search_seconds=search_seconds(state.search_report) if stage == "fine-tune" else 0.0,
         # beside the dense models: jobs on the same model and data share their measurements
-        measurements=(state.spec.cache_dir or default_cache_dir()) / MEASURED_DIR
+        measurements=StoreFolder(
+            (state.spec.cache_dir or default_cache_dir()) / MEASURED_DIR,
+            state.spec.measured_max_bytes,
+        )
         if stage == "plan"
         else None,
     )

@@ -61,6 +61,7 @@ from torch.nn.utils import parametrize
 from slimline.errors import InvalidOption
 from slimline.search.layers import LayerGeometry, is_graph_module
 from slimline.search.measurements import MeasuredLosses, change_key, fingerprint
+from slimline.search.store_folder import StoreFolder
 from slimline.search.training import TrainData, batches, set_training_mode, task_loss
 
 
@@ -287,7 +288,7 @@ class LossDeltaEstimator(DamageEstimator):
         self.base_loss = 0.0
         # Where measured losses are kept between jobs (`measurements`; None: this run only).
         # Set before `prepare`, which opens the file of this model and calibration set.
-        self.store_dir: Path | None = None
+        self.store_dir: StoreFolder | Path | None = None
         self.losses: MeasuredLosses | None = None
         self.runs = 0  # losses `joint_damage` measured (a pass over the calibration set each)
         self.reused = 0  # losses it looked up in the store instead

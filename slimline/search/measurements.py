@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimline.search.store_folder import StoreFolder
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # the file layout; a file of another format is ignored (and overwritten on save)
@@ -73,17 +75,24 @@ def change_key(changes: Iterable[tuple[str, torch.Tensor]]) -> str:
 class MeasuredLosses:
     """Losses by change key for one fingerprint (see the module doc)."""
 
-    def __init__(self, fingerprint: str, path: Path | None = None) -> None:
-        self.fingerprint, self.path = fingerprint, path
+    def __init__(
+        self, fingerprint: str, path: Path | None = None, folder: StoreFolder | None = None
+    ) -> None:
+        self.fingerprint, self.path, self.folder = fingerprint, path, folder
         self.values: dict[str, float] = {}
         self.new: dict[str, float] = {}  # measured here, not yet saved
         if path is not None:
             self.values.update(self._read())
+            StoreFolder.touch(path)  # used: pruning keeps it longer
 
     @classmethod
-    def open(cls, directory: Path | None, fingerprint: str) -> MeasuredLosses:
-        path = None if directory is None else Path(directory) / f"measured-{fingerprint}.json"
-        return cls(fingerprint, path)
+    def open(cls, directory: StoreFolder | Path | None, fingerprint: str) -> MeasuredLosses:
+        """The losses kept in ``directory`` (a `StoreFolder`, held to its size limit when
+        saving; a bare path gets the default limit) for ``fingerprint``; None: none kept."""
+        folder = StoreFolder.of(directory)
+        if folder is None:
+            return cls(fingerprint)
+        return cls(fingerprint, folder.file(f"measured-{fingerprint}.json"), folder)
 
     def get(self, key: str) -> float | None:
         return self.values.get(key)
@@ -124,6 +133,8 @@ class MeasuredLosses:
             return len(self.values)
         self.values.update(merged)
         self.new = {}
+        if self.folder is not None:
+            self.folder.prune(keep=self.path)
         return len(merged)
 
     def _merge_into_file(self) -> dict[str, float]:

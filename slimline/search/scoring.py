@@ -46,6 +46,7 @@ from slimline.search.estimators import (
 )
 from slimline.search.layers import LayerGeometry
 from slimline.search.options import DENSITIES, FP16, NM_PATTERNS, REMOVED, LayerOption, Plan
+from slimline.search.store_folder import StoreFolder
 from slimline.search.training import Progress, TrainData
 
 DENSE_BITS = (2, 3, 4, 5, 6, 8)
@@ -304,7 +305,7 @@ def score_model(
     solver: str = "exact",
     monotone: bool = True,
     branches: Sequence[Sequence[str]] = (),
-    store: Path | None = None,
+    store: StoreFolder | Path | None = None,
 ) -> Scores:
     """Bytes and damage of every option of every layer, from one calibration pass.
 
@@ -330,7 +331,8 @@ def score_model(
     place of the sum of their removals (none where the estimator does not run the model).
 
     ``store``: a folder where measured losses are kept between runs on the same model and
-    calibration set (`measurements`): what was measured there before is looked up, not run.
+    calibration set (`measurements`): what was measured there before is looked up, not run
+    (a `StoreFolder` carries its size limit; a bare path gets the default).
     """
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     geoms = list(geoms)

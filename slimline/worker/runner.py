@@ -121,6 +121,7 @@ def build_spec(
         config=config,
         out=job_dir(settings, job.id) / CHECKPOINT_NAME,
         device="auto",
+        measured_max_bytes=settings.measured_max_bytes,
         max_steps=None if max_steps is None else int(max_steps),
         method_settings=dict(spec.get("method_settings") or spec.get("settings") or {}),
         finetune={k: v for k, v in finetune.items() if k not in ("epochs", "max_steps")},

@@ -31,6 +31,7 @@ from slimline.search.accounting import layer_bytes
 from slimline.search.layers import LayerGeometry
 from slimline.search.options import REMOVED, Plan
 from slimline.search.settings import FinetuneSettings, MethodSettings
+from slimline.search.store_folder import StoreFolder
 from slimline.search.training import Progress, TrainConfig, TrainData
 
 
@@ -53,9 +54,10 @@ class SearchContext:
     # seconds an earlier stage's search took (its scoring and solving); probing holds itself
     # to a share of the fine-tuning time beside them (`probes.ProbeClock`)
     search_seconds: float = 0.0
-    # where measured calibration losses of the dense model are kept between jobs (the dense
-    # model cache: `measurements`); None: measured for this job only
-    measurements: Path | None = None
+    # where measurements of the dense model are kept between jobs (calibration losses:
+    # `measurements`; bitshare's opening gate search: `gate_search_store`), in the dense-model
+    # cache, held to a size (`store_folder`; a bare path: the default limit); None: this job only
+    measurements: StoreFolder | Path | None = None
 
     @property
     def layer_budget(self) -> int:

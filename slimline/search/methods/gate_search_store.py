@@ -34,6 +34,7 @@ from torch import nn
 from slimline.search.layers import LayerGeometry
 from slimline.search.measurements import fingerprint
 from slimline.search.methods.bitshare_gates import GatedConfig, GateSearch
+from slimline.search.store_folder import StoreFolder
 from slimline.search.training import TrainData, set_training_mode
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,8 @@ def search_key(
     )
 
 
-def _path(directory: Path, key: str) -> Path:
-    return Path(directory) / f"gates-{key}.safetensors"
-
-
 def load(
-    directory: Path | None,
+    directory: StoreFolder | Path | None,
     key: str,
     model: nn.Module,
     geoms: list[LayerGeometry],
@@ -82,9 +79,10 @@ def load(
 ) -> GateSearch | None:
     """The search kept under ``key``, its searched copy rebuilt from ``model``; None when
     there is none or it cannot be used."""
-    if directory is None:
+    folder = StoreFolder.of(directory)
+    if folder is None:
         return None
-    path = _path(directory, key)
+    path = folder.file(f"gates-{key}.safetensors")
     if not path.exists():
         return None
     try:
@@ -106,15 +104,18 @@ def load(
         return None
     work.to(device)
     set_training_mode(work, False)
+    StoreFolder.touch(path)  # used: pruning keeps it longer
     return GateSearch(lam=lam, configs=configs, model=work, loss=loss, steps=steps)
 
 
-def save(directory: Path | None, key: str, found: GateSearch) -> bool:
-    """Keep ``found`` under ``key``; a folder that cannot be written is logged, not fatal.
-    Returns whether the file was written."""
-    if directory is None:
+def save(directory: StoreFolder | Path | None, key: str, found: GateSearch) -> bool:
+    """Keep ``found`` under ``key``, then hold the folder to its size (`StoreFolder.prune`);
+    a folder that cannot be written is logged, not fatal. Returns whether the file was
+    written."""
+    folder = StoreFolder.of(directory)
+    if folder is None:
         return False
-    path = _path(directory, key)
+    path = folder.file(f"gates-{key}.safetensors")
     meta = {
         "format": FORMAT,
         "key": key,
@@ -136,4 +137,5 @@ def save(directory: Path | None, key: str, found: GateSearch) -> bool:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         return False
+    folder.prune(keep=path)
     return True
