@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -235,6 +236,23 @@ def test_compress_a_pt2_program(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 10)
 
 
+def _jobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], budgets: list[str]
+) -> list[tuple[dict[str, Any], str]]:
+    """``slimline compress ARGS --budget B`` for each budget in turn: (report, printed text)."""
+    reports = []
+    for i, budget in enumerate(budgets):
+        report = tmp_path / f"r{i}.json"
+        out = tmp_path / f"o{i}.safetensors"
+        code = main(
+            ["compress", *args, "--budget", budget, "--out", str(out), "--report", str(report)]
+        )
+        text, err = capsys.readouterr()
+        assert code == 0, err
+        reports.append((json.loads(report.read_text()), text))
+    return reports
+
+
 def test_a_second_job_on_the_same_model_looks_up_its_measurements(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -244,16 +262,7 @@ def test_a_second_job_on_the_same_model_looks_up_its_measurements(
     mine = tmp_path / "cache"
     mine.mkdir()
     args = ["digits-cnn", "--data", "digits", "--max-steps", "3", "--cache-dir", str(mine)]
-    reports = []
-    for i, budget in enumerate(["16x", "24x", "16x"]):
-        report = tmp_path / f"r{i}.json"
-        out = tmp_path / f"o{i}.safetensors"
-        code = main(
-            ["compress", *args, "--budget", budget, "--out", str(out), "--report", str(report)]
-        )
-        text, err = capsys.readouterr()
-        assert code == 0, err
-        reports.append((json.loads(report.read_text()), text))
+    reports = _jobs(tmp_path, capsys, args, ["16x", "24x", "16x"])
     (first, text0), _, (again, text2) = reports
     assert first["measured"] > 0 and "losses measured" in text0
     assert "looked up from earlier runs" not in text0 and "looked up from earlier runs" in text2
@@ -271,16 +280,7 @@ def test_a_bitshare_job_at_another_budget_loads_the_opening_gate_search(
     mine = tmp_path / "cache"
     args = ["digits-cnn", "--data", "digits", "--max-steps", "3", "--cache-dir", str(mine)]
     args += ["--method", "bitshare", "--method-settings", '{"search_steps": 30}']
-    reports = []
-    for i, budget in enumerate(["16x", "32x"]):
-        report = tmp_path / f"r{i}.json"
-        out = tmp_path / f"o{i}.safetensors"
-        code = main(
-            ["compress", *args, "--budget", budget, "--out", str(out), "--report", str(report)]
-        )
-        text, err = capsys.readouterr()
-        assert code == 0, err
-        reports.append((json.loads(report.read_text()), text))
+    reports = _jobs(tmp_path, capsys, args, ["16x", "32x"])
     (first, text0), (second, text1) = reports
     assert [s["looked_up"] for s in first["searches"]][0] is False
     assert [s["looked_up"] for s in second["searches"]][0] is True
