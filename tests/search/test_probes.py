@@ -65,6 +65,27 @@ def test_alternatives_discount_unstructured_then_raise_each_group_once() -> None
     assert found[2][1].to_strs() == {"a": "dense/b4/ch", "b": "dense/b2/ch"}
 
 
+def test_alternatives_raise_every_sparse_damage_first() -> None:
+    # budget 30, a's 1 in 4 rated 1.8: the knapsack takes it with b at 4 bits (2.8); with
+    # every sparse damage doubled (a's 1 in 4: 3.6) a goes to 2 bits (3.5 + 1.0); halving the
+    # unstructured damages, or doubling either layer's, gives the knapsack's plan again
+    opts = [
+        LayerOption.from_str(s) for s in ("removed", "dense/b2/ch", "dense/b4/ch", "un0.25/b2/ch")
+    ]
+    cost = np.array([0, 10, 20, 10])
+    scores = Scores(
+        [
+            LayerScores("a", opts, cost, np.array([10.0, 3.5, 1.5, 1.8])),
+            LayerScores("b", opts, cost, np.array([10.0, 4.0, 1.0, 9.0])),
+        ],
+        "fisher",
+    )
+    found = alternative_plans(scores, 30, groups=2, factor=2.0)
+    assert found[0][1].to_strs() == {"a": "un0.25/b2/ch", "b": "dense/b4/ch"}
+    assert [change for change, _ in found] == ["knapsack", "sparse x 2"]
+    assert found[1][1].to_strs() == {"a": "dense/b2/ch", "b": "dense/b4/ch"}
+
+
 def test_probe_settings_are_checked_by_name() -> None:
     with pytest.raises(InvalidOption) as err:
         get_method("constrained", {"probe_factor": 1.0})

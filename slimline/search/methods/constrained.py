@@ -82,8 +82,9 @@ class ConstrainedSettings(MethodSettings):
     # measure removing each branch's layers together (a block's attention, its MLP:
     # `branches.removal_branches`) as one more knapsack option, one forward pass each
     joint_removal: bool = True
-    # Probing (`search.probes`): besides the knapsack's plan, re-solve with unstructured
-    # damages divided by ``probe_factor`` and with the damages of each of ``probe_groups``
+    # Probing (`search.probes`): besides the knapsack's plan, re-solve with every sparse
+    # option's damages times ``probe_factor``, with unstructured damages divided by it, and
+    # with the damages of each of ``probe_groups``
     # runs of layers times it; give each distinct plan ``probe_steps`` steps of the job's
     # fine-tuning and keep the lowest loss on a sample of training examples; all probes
     # within ``probe_share`` of the fine-tuning steps. Not with the ADMM phase (it re-solves
