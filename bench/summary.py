@@ -21,11 +21,14 @@ ORDER = ["uniform-ptq", "uniform-qat", "squantizer", "constrained", "bitshare", 
 
 
 def _cells(paths: list[Path]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+    """Every file's cells, a later file's cell replacing an earlier one's (same task, budget
+    and method), in the order they were first seen."""
+    out: dict[tuple[str, float, str], dict[str, Any]] = {}
     for p in paths:
         data = json.loads(p.read_text())
-        out += data["cells"] if isinstance(data, dict) else data
-    return out
+        for c in data["cells"] if isinstance(data, dict) else data:
+            out[(c["task"], float(c["ratio_target"]), _label(c))] = c
+    return list(out.values())
 
 
 def dense_mismatches(paths: list[Path]) -> list[str]:

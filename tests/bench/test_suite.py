@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,6 +166,28 @@ def test_summary_warns_when_files_started_from_other_dense_weights(tmp_path: Pat
     )
     (line,) = summary.dense_mismatches([a, doc("d.json", None)])
     assert "not recorded: d.json" in line
+
+
+def test_summary_takes_a_later_files_cell_for_the_table_and_the_search_times(
+    tmp_path: Path,
+) -> None:
+    from bench import summary
+
+    def cell(retention: float, probe: float) -> dict[str, Any]:
+        return {
+            "task": "lenet5", "ratio_target": 8.0, "method": "slimline", "status": "ok",
+            "retention": retention, "scores_seconds": 1.0, "allocation_seconds": 0.0,
+            "probe_seconds": probe, "search_seconds": 1.0, "finetune_seconds": 10.0 + probe,
+        }  # fmt: skip
+
+    first, later = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"cells": [cell(0.99, 2.0)]}))
+    later.write_text(json.dumps({"cells": [cell(0.995, 4.0)]}))
+    cells = summary._cells([first, later])
+    assert [c["retention"] for c in cells] == [0.995]
+    assert "99.50" in summary.table(cells) and "99.00" not in summary.table(cells)
+    (line,) = summary.search_share(cells).splitlines()
+    assert line == "- lenet5 8x: search 5.0 s, fine-tuning alone 10.0 s: +50%"
 
 
 def test_slimline_columns_probe_without_a_time_limit() -> None:
