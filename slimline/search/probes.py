@@ -166,8 +166,8 @@ def alternative_plans(
 ) -> list[tuple[str, Plan]]:
     """``(change, plan)``: the knapsack's plan; the plan with every sparse option's damage
     times ``factor``; with every unstructured option's damage divided by ``factor``; then one
-    plan per group of layers with that group's damages
-    times ``factor`` (`layer_groups` order). Each distinct plan once."""
+    plan per group of layers with that group's damages times ``factor`` (`layer_groups`
+    order). Each distinct plan once. Joint removals (`Scores.joints`) keep their damages."""
     out: list[tuple[str, Plan]] = [("knapsack", scores.resolve(layer_budget, solver=solver))]
 
     def add(change: str, layers: list[LayerScores]) -> None:
