@@ -132,11 +132,16 @@ def user(api: Api) -> tuple[jobs.Tenant, dict[str, str]]:
 
 # ------------------------------------------------------------------------------ payloads
 def pt2_bytes(tag: str = "") -> bytes:
-    """A zip shaped like torch.export.save's archive (enough for the API's cheap check)."""
+    """A zip shaped like torch.export.save's archive (enough for the API's cheap check). The
+    same ``tag`` gives the same bytes: the entries carry a fixed time, not the clock's (which
+    made two calls straddling a 2-second tick differ, and a re-upload count as new)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("model/archive_format", "pt2")
-        zf.writestr("model/models/model.json", json.dumps({"tag": tag}))
+        for name, data in (
+            ("model/archive_format", "pt2"),
+            ("model/models/model.json", json.dumps({"tag": tag})),
+        ):
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
     return buf.getvalue()
 
 
