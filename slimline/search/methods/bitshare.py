@@ -55,7 +55,6 @@ from slimline.search.methods.bitshare_gates import (
     GatedConfig,
     GateSearch,
     OptionGrid,
-    search_gates,
     within,
 )
 from slimline.search.options import LayerOption, Plan
@@ -295,31 +294,18 @@ class BitShareMethod(SearchMethod):
         for i in range(s.lambda_iters):
             lam = bracket.next()
             report = _reporter(ctx.progress, lam, i * s.search_steps, total, every)
-            # the opening lambda is the same at every budget: kept between jobs (gate_search_store)
-            key = None
-            if i == 0 and ctx.measurements is not None:
-                key = gate_search_store.search_key(
-                    ctx.model, ctx.geoms, ctx.data, lam, ctx.device, **knobs
-                )
-            found = None
-            if key is not None:
-                found = gate_search_store.load(
-                    ctx.measurements, key, ctx.model, ctx.geoms, lam, ctx.device
-                )
-            looked_up = found is not None
-            if found is None:
-                found = search_gates(
-                    ctx.model,
-                    ctx.geoms,
-                    ctx.data,
-                    lam,
-                    **knobs,
-                    device=ctx.device,
-                    report=report,
-                    should_stop=ctx.should_stop,
-                )
-                if key is not None and found.steps == s.search_steps:
-                    gate_search_store.save(ctx.measurements, key, found)
+            # the opening lambda is the same at every budget: kept between jobs
+            found, looked_up = gate_search_store.search_or_load(
+                ctx.measurements if i == 0 else None,
+                ctx.model,
+                ctx.geoms,
+                ctx.data,
+                lam,
+                ctx.device,
+                report=report,
+                should_stop=ctx.should_stop,
+                **knobs,
+            )
             size = gated_bytes(found.configs)
             if looked_up and report is not None:
                 report(s.search_steps, found.loss, float(size))

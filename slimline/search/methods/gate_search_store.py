@@ -23,6 +23,7 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from slimline.search.layers import LayerGeometry
 from slimline.search.measurements import fingerprint
-from slimline.search.methods.bitshare_gates import GatedConfig, GateSearch
+from slimline.search.methods.bitshare_gates import GatedConfig, GateSearch, search_gates
 from slimline.search.store_folder import StoreFolder
 from slimline.search.training import TrainData, set_training_mode
 
@@ -67,6 +68,35 @@ def search_key(
         float(lam).hex(),
         settings,
     )
+
+
+def search_or_load(
+    directory: StoreFolder | Path | None,
+    model: nn.Module,
+    geoms: list[LayerGeometry],
+    data: TrainData,
+    lam: float,
+    device: torch.device | str,
+    *,
+    report: Callable[[int, float, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **knobs: Any,
+) -> tuple[GateSearch, bool]:
+    """``(search, loaded)``: the gate search at ``lam`` (`search_gates` with ``knobs``),
+    loaded from ``directory`` when kept there, else run, and kept there when it ran all its
+    steps. ``directory`` None: run, keep nothing."""
+    key = None
+    if directory is not None:
+        key = search_key(model, geoms, data, lam, device, **knobs)
+        found = load(directory, key, model, geoms, lam, device)
+        if found is not None:
+            return found, True
+    found = search_gates(
+        model, geoms, data, lam, **knobs, device=device, report=report, should_stop=should_stop
+    )
+    if key is not None and found.steps == knobs["steps"]:
+        save(directory, key, found)
+    return found, False
 
 
 def load(
