@@ -202,7 +202,11 @@ class ConstrainedMethod(SearchMethod):
         elif s.probe_groups > 0 and cfg.epochs > 0 and self.last_scores is not None:
             plan = self._probe(ctx, plan, cfg)
         rest = total - admm_steps
-        slope_cfg = replace(cfg, max_steps=rest, seed=cfg.seed + 1)
+        # after the ADMM phase SLOPE draws other batches than it did; without that phase it is
+        # the job's only fine-tuning and draws the batches every method's fine-tuning draws
+        # (the job's seed), so that methods compare on the same batch order
+        slope_seed = cfg.seed + 1 if admm_steps > 0 else cfg.seed
+        slope_cfg = replace(cfg, max_steps=rest, seed=slope_seed)
         if rest <= 0 or _stopped(ctx):
             slope_cfg = replace(cfg, epochs=0)
         self.slope(ctx, plan, slope_cfg, ckpt / "slope" if ckpt else None)
