@@ -25,7 +25,10 @@ Every method gets the same fine-tuning steps: ``--max-steps`` (default: the task
 ``finetune_steps`` below) and ``--epochs`` (default: the model's fine-tuning recipe), capped by
 ``--max-steps``. Each task's dense model is trained once with the shared recipe
 (slimline.pipeline.sources.DENSE_RECIPES) and cached by hash in ``--cache-dir`` (default
-``$SLIMLINE_CACHE_DIR``, else bench/results/.work/cache). ``--dense-steps N`` trains a shorter
+``$SLIMLINE_CACHE_DIR``, else bench/results/.work/cache); where bench/dense/ holds that recipe's
+weights (the ones the README table started from: the same recipe trains other bytes on another
+CPU), they are copied into the cache first (bench.reference_dense; ``--own-dense``: not, so
+that the cache's or this machine's own weights are used). ``--dense-steps N`` trains a shorter
 dense model instead (its own hash) for trying the code path quickly; the suite's numbers use the
 shared recipe.
 
@@ -386,6 +389,7 @@ class DenseJob:
     threads: int | None = None
     dense_steps: int | None = None  # None: the shared recipe (sources.DENSE_RECIPES)
     seed: int = 0
+    reference: bool = True  # copy bench/dense/'s weights into the cache first (reference_dense)
 
 
 def prepare_dense(job: DenseJob) -> dict[str, Any]:
@@ -398,9 +402,10 @@ def prepare_dense(job: DenseJob) -> dict[str, Any]:
     from slimline.loader import file_sha256
     from slimline.models.datasets import load_dataset
     from slimline.pipeline.sources import (
-        DENSE_RECIPES,
         build_skeleton,
         dense_cache_key,
+        dense_cache_path,
+        dense_recipe,
         load_dense_weights,
         resolve_model,
     )
@@ -415,7 +420,12 @@ def prepare_dense(job: DenseJob) -> dict[str, Any]:
         data = load_dataset(task.data, job.data_root)
         cache = Path(job.cache_dir)
         weights: str | None = None
+        reference = "off"
         if job.dense_steps is None:
+            if job.reference:
+                from bench.reference_dense import seed_cache
+
+                reference = seed_cache(dense_cache_path(src, task.data, job.seed, cache))
             source = load_dense_weights(
                 src,
                 model,
@@ -426,11 +436,10 @@ def prepare_dense(job: DenseJob) -> dict[str, Any]:
                 device=torch.device("cpu"),
             )
             path = source.split(":", 1)[1]
-            recipe = DENSE_RECIPES.get(task.model, TrainConfig(epochs=10))
-            recipe = TrainConfig(**{**asdict(recipe), "seed": job.seed})
+            recipe = dense_recipe(src, job.seed)
         else:
-            base = DENSE_RECIPES.get(task.model, TrainConfig(epochs=10))
-            recipe = TrainConfig(**{**asdict(base), "seed": job.seed, "max_steps": job.dense_steps})
+            base = dense_recipe(src, job.seed)
+            recipe = TrainConfig(**{**asdict(base), "max_steps": job.dense_steps})
             key = dense_cache_key(src, task.data, job.seed, recipe)
             path = str(cache / f"dense-{task.model}-short-{key}.safetensors")
             if Path(path).is_file():
@@ -461,6 +470,9 @@ def prepare_dense(job: DenseJob) -> dict[str, Any]:
         "path": path,
         "weights": weights,
         "trained": source.startswith("trained:"),
+        # "reference": bench/dense/'s weights (copied, or already in the cache); "replaced":
+        # they replaced other bytes of that name; "none": no reference for this recipe; "off"
+        "reference": reference,
         "seconds": round(time.perf_counter() - t0, 3),
         "recipe": asdict(recipe),
         # the recipe hash names how the weights were trained; the same recipe gives other
@@ -552,7 +564,8 @@ def render_markdown(doc: dict[str, Any], title: str) -> str:
         f"{meta['threads'] or 'default'} torch thread(s)"
         + (f", {meta['jobs']} cells at once" if meta.get("jobs", 1) > 1 else "")
         + f"; {meta['machine']}, "
-        f"{meta['cpus']} CPUs"
+        + (f"{meta['cpu_model']}, " if meta.get("cpu_model") else "")
+        + f"{meta['cpus']} CPUs"
         + (f" ({meta['matmul_gflops']:g} GFLOP/s a thread)" if meta.get("matmul_gflops") else "")
         + (f"; device {meta['device']}" if meta.get("device", "cpu") != "cpu" else "")
         + (f"; wall time {meta['wall_seconds']:.0f} s" if meta.get("wall_seconds") else ""),
@@ -646,6 +659,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", type=Path, default=DATA_ROOT)
     p.add_argument("--cache-dir", type=Path, help="dense cache ($SLIMLINE_CACHE_DIR or .work)")
     p.add_argument("--dense-steps", type=int, help="shorter dense training (code-path checks)")
+    p.add_argument(
+        "--own-dense",
+        action="store_true",
+        help="do not copy bench/dense/'s reference weights into the cache (train here)",
+    )
     p.add_argument(
         "--results", type=Path, help="output folder (bench/results; --quick: .work/quick)"
     )
@@ -847,6 +865,7 @@ def _new_doc(
         "jobs": args.jobs,
         "device": args.device,
         "machine": platform.platform(),
+        "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
         # wall times of two runs compare only at equal speed: one thread's fp32 matmul rate
         "matmul_gflops": matmul_gflops(),
@@ -863,6 +882,17 @@ def _new_doc(
         + (OPTUNA_BUDGET_NOTE if "optuna" in args.methods else "")
     )
     return {"meta": meta, "cells": []}
+
+
+def cpu_model() -> str:
+    """The processor's name (/proc/cpuinfo's "model name"; else what platform says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def matmul_gflops(n: int = 512, repeat: int = 5) -> float:
@@ -946,6 +976,7 @@ def _task_cells(
             args.threads,
             args.dense_steps,
             args.seed,
+            reference=not args.own_dense,
         ),
     )
     if any(c["task"] == task for c in doc["cells"]):
@@ -970,7 +1001,7 @@ def _task_cells(
     print(
         f"[{task}] dense {100 * dense['metric']:.2f}% (hash {dense['hash']}, "
         f"sha256 {dense['sha256'][:12]}, "
-        f"{'trained' if dense['trained'] else 'cached'}, {dense['seconds']:.0f} s)",
+        f"{_dense_origin(dense)}, {dense['seconds']:.0f} s)",
         flush=True,
     )
     done = {(c["task"], c["method"], c["ratio_target"]) for c in doc["cells"]}
@@ -979,6 +1010,18 @@ def _task_cells(
         for c in make_cells(task, budgets, methods, args, _cell_weights(dense, args), name)
         if (task, c.method, c.ratio) not in done
     ]
+
+
+def _dense_origin(dense: dict[str, Any]) -> str:
+    if dense.get("reference") == "replaced":
+        return "bench/dense's reference weights, which replaced the cache's other bytes"
+    if dense.get("reference") == "reference":
+        return "bench/dense's reference weights"
+    # "none" is worth saying: the table's cells are then not comparable with other machines'
+    trained = "trained here" if dense["trained"] else "cached"
+    return trained + (
+        ", no reference weights for this recipe" if dense.get("reference") == "none" else ""
+    )
 
 
 def _cell_weights(dense: dict[str, Any], args: argparse.Namespace) -> str | None:

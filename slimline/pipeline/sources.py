@@ -200,6 +200,19 @@ def dense_cache_key(src: ModelSource, data_spec: str, seed: int, recipe: TrainCo
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def dense_recipe(src: ModelSource, seed: int) -> TrainConfig:
+    """How a zoo model without weights is trained dense (``DENSE_RECIPES``, with ``seed``)."""
+    assert src.zoo is not None
+    recipe = DENSE_RECIPES.get(src.zoo, TrainConfig(epochs=10))
+    return TrainConfig(**{**asdict(recipe), "seed": seed})
+
+
+def dense_cache_path(src: ModelSource, data_spec: str, seed: int, cache_dir: Path) -> Path:
+    """Where the dense cache keeps that model: ``dense-<zoo name>-<recipe hash>.safetensors``."""
+    key = dense_cache_key(src, data_spec, seed, dense_recipe(src, seed))
+    return Path(cache_dir) / f"dense-{src.zoo}-{key}.safetensors"
+
+
 def load_dense_weights(
     src: ModelSource,
     model: nn.Module,
@@ -222,11 +235,8 @@ def load_dense_weights(
 
         model.load_state_dict(load_zoo_model(src.zoo, src.config, src.weights).state_dict())
         return str(src.weights)
-    recipe = DENSE_RECIPES.get(src.zoo, TrainConfig(epochs=10))
-    recipe = TrainConfig(**{**asdict(recipe), "seed": seed})
-    path = (
-        cache_dir / f"dense-{src.zoo}-{dense_cache_key(src, data_spec, seed, recipe)}.safetensors"
-    )
+    recipe = dense_recipe(src, seed)
+    path = dense_cache_path(src, data_spec, seed, cache_dir)
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return f"cache:{path}"

@@ -53,6 +53,8 @@ def test_suite_cells_on_digits(tmp_path: Path, data_root: Path, cache_dir: Path)
     assert f"weights sha256 {dense['sha256'][:12]}" in md
     speed = doc["meta"]["matmul_gflops"]  # a 512^3 product: 0.27 GFLOP, far from 1 ms here
     assert 0.1 < speed < 1e4 and f"({speed:g} GFLOP/s a thread)" in md
+    assert doc["meta"]["cpu_model"] and f"{doc['meta']['cpu_model']}, " in md
+    assert dense["reference"] == "off"  # --dense-steps: a short model, never the reference
 
     # --resume skips the recorded cells: nothing runs again.
     args.resume = True
