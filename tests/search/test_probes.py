@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from slimline.search.probes import (
     PROBE_EXAMPLES,
     PROBE_SEED_OFFSET,
     ProbeClock,
+    _unstructured_in_place,
     alternative_plans,
     layer_groups,
     run_probes,
@@ -84,6 +86,47 @@ def test_alternatives_raise_every_sparse_damage_first() -> None:
     assert found[0][1].to_strs() == {"a": "un0.25/b2/ch", "b": "dense/b4/ch"}
     assert [change for change, _ in found] == ["knapsack", "sparse x 2"]
     assert found[1][1].to_strs() == {"a": "dense/b2/ch", "b": "dense/b4/ch"}
+
+
+def _big_small(groups: list[list[str]] | None = None) -> Scores:
+    big = [LayerOption.from_str(s) for s in ("nm2:8/b2/ch", "un0.1875/b2/ch", "un0.1875/b3/ch",
+                                             "dense/b2/ch")]  # fmt: skip
+    small = [LayerOption.from_str(s) for s in ("dense/b2/ch", "dense/b4/ch", "un0.5/b2/ch")]
+    layers = [
+        LayerScores("big", big, np.array([30, 28, 40, 60]), np.array([1.0, 3.0, 1.5, 0.5])),
+        LayerScores("small", small, np.array([10, 20, 8]), np.array([2.0, 0.2, 5.0])),
+    ]
+    if groups:  # "twin": big's options and damages, tied to it
+        layers.append(replace(layers[0], name="twin"))
+    return Scores(layers, "fisher", groups or [])
+
+
+def test_alternatives_end_with_the_largest_layer_unstructured_in_place() -> None:
+    # budget 50: the knapsack takes big at 2:8 (1.0) and small at 4 bits (0.2); halving the
+    # unstructured damages (big's 3 in 16 at 2 bits: 1.5) or doubling any set of damages
+    # keeps that plan, and at 3 bits big's 3 in 16 (0.75) leaves small only its own 1 in 2
+    # (2.5). The in-place swap keeps small and puts big at 3 in 16 / 2 bits (28 of 30 bytes)
+    scores = _big_small()
+    found = alternative_plans(scores, 50, groups=2, factor=2.0)
+    assert [change for change, _ in found] == ["knapsack", "big unstructured"]
+    assert found[0][1].to_strs() == {"big": "nm2:8/b2/ch", "small": "dense/b4/ch"}
+    assert found[1][1].to_strs() == {"big": "un0.1875/b2/ch", "small": "dense/b4/ch"}
+
+
+def test_unstructured_in_place_only_where_it_changes_a_free_layer() -> None:
+    scores = _big_small()
+    knapsack = scores.resolve(50)
+    assert _unstructured_in_place(scores, knapsack) is not None
+    # already unstructured: nothing to swap
+    assert _unstructured_in_place(scores, Plan({**knapsack, "big": LayerOption.from_str(
+        "un0.1875/b3/ch")})) is None  # fmt: skip
+    # no unstructured option within the plan's bytes for big (27 < 28)
+    cheap = replace(scores.layers[0], bytes=np.array([27, 28, 40, 60]))
+    tight = replace(scores, layers=[cheap, scores.layers[1]])
+    assert _unstructured_in_place(tight, tight.resolve(50)) is None
+    # tied layers take one option together: a swap of one alone would break the tie
+    tied = _big_small(groups=[["big", "twin"]])
+    assert _unstructured_in_place(tied, tied.resolve(80)) is None
 
 
 def test_probe_settings_are_checked_by_name() -> None:
