@@ -8,6 +8,7 @@ method cannot reach the budget, "err." for a cell that failed, blank for a cell 
 it, per slimline cell, the search's share of fine-tuning time (every scoring pass and solve,
 the plan stage's and the re-projections', over fine-tuning without them). A warning follows
 when the files of one task started from different dense weights (recorded sha256).
+``--plots PREFIX`` also writes ``PREFIX-<task>.png`` from the merged cells.
 """
 
 from __future__ import annotations
@@ -103,12 +104,46 @@ def search_share(cells: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_plots(paths: list[Path], cells: list[dict[str, Any]], prefix: Path) -> list[Path]:
+    """``<prefix>-<task>.png`` per task of the merged ``cells`` (`bench.suite.plot`: metric
+    against file bytes, a line per method), with the dense model of the last file that holds
+    the task: the figures of a table whose later files replaced some cells."""
+    from bench.suite import plot
+
+    metas: dict[str, dict[str, Any]] = {}
+    for p in paths:
+        data = json.loads(p.read_text())
+        if isinstance(data, dict):
+            for task in data.get("meta", {}).get("dense", {}):
+                metas[task] = data["meta"]
+    written = []
+    for task, meta in metas.items():
+        rows = [c for c in cells if c["task"] == task]
+        labels = {_label(c) for c in rows}
+        methods = [m for m in [*ORDER, "slimline"] if m in labels]
+        methods += sorted(labels - set(methods))
+        doc = {"meta": {**meta, "methods": methods, "date": prefix.name}, "cells": rows}
+        png = plot(doc, prefix.with_name(f"{prefix.name}-{task}.png"), task)
+        if png is not None:
+            written.append(png)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", type=Path)
+    p.add_argument(
+        "--plots",
+        type=Path,
+        metavar="PREFIX",
+        help="also write PREFIX-<task>.png, the merged table's plot per task",
+    )
     args = p.parse_args(argv)
     cells = _cells(args.files)
     print(table(cells))
+    if args.plots is not None:
+        for png in write_plots(args.files, cells, args.plots):
+            print(f"wrote {png}")
     mismatches = dense_mismatches(args.files)
     if mismatches:
         print("\nwarning: rows mix results from different dense models:\n" + "\n".join(mismatches))

@@ -192,6 +192,38 @@ def test_summary_takes_a_later_files_cell_for_the_table_and_the_search_times(
     assert line == "- lenet5 8x: search 5.0 s, fine-tuning alone 10.0 s: +50%"
 
 
+def test_summary_plots_the_merged_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import summary
+
+    def cell(method: str, metric: float) -> dict[str, Any]:
+        return {"task": "lenet5", "ratio_target": 8.0, "method": method, "status": "ok",
+                "retention": metric, "metric": metric, "file_bytes": 100}  # fmt: skip
+
+    def meta(date: str, dense_metric: float) -> dict[str, Any]:
+        return {"date": date, "methods": ["?"], "dense": {"lenet5": {"metric": dense_metric}}}
+
+    first, later = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"meta": meta("a", 0.99), "cells": [
+        cell("slimline", 0.9), cell("bitshare", 0.8), cell("uniform-ptq", 0.5)]}))  # fmt: skip
+    later.write_text(json.dumps({"meta": meta("b", 0.98), "cells": [cell("slimline", 0.95)]}))
+    seen: list[tuple[dict[str, Any], Path, str]] = []
+
+    def plot(doc: dict[str, Any], path: Path, task: str) -> Path:
+        seen.append((doc, path, task))
+        return path
+
+    monkeypatch.setattr(suite, "plot", plot)
+    cells = summary._cells([first, later])
+    written = summary.write_plots([first, later], cells, tmp_path / "table")
+    assert written == [tmp_path / "table-lenet5.png"]
+    ((doc, _, task),) = seen
+    assert task == "lenet5" and doc["meta"]["date"] == "table"
+    assert doc["meta"]["methods"] == ["uniform-ptq", "bitshare", "slimline"]
+    assert doc["meta"]["dense"]["lenet5"]["metric"] == 0.98  # the last file's dense model
+    assert sorted((c["method"], c["metric"]) for c in doc["cells"]) == [
+        ("bitshare", 0.8), ("slimline", 0.95), ("uniform-ptq", 0.5)]  # fmt: skip
+
+
 def test_slimline_columns_probe_without_a_time_limit() -> None:
     # no method's search is held to time in the suite, so slimline's plans do not depend on
     # the machine's speed; the job's default (search_share 0.25) is for users' jobs
