@@ -129,6 +129,25 @@ def test_unstructured_in_place_only_where_it_changes_a_free_layer() -> None:
     assert _unstructured_in_place(tied, tied.resolve(80)) is None
 
 
+def test_alternatives_end_with_the_largest_layers_damages_divided() -> None:
+    # budget 60: the knapsack keeps big at 4 bits and both small layers at 2 (0.5 + 1.4 + 1.2
+    # against 3.4 + 0.5 + 0.4); doubling any one layer's damages keeps that plan, halving
+    # big's moves its 20 bytes to the small layers (1.7 + 0.5 + 0.4 against 0.25 + 2.6)
+    b2, b4 = LayerOption.from_str("dense/b2/ch"), LayerOption.from_str("dense/b4/ch")
+    scores = Scores(
+        [
+            LayerScores("big", [b2, b4], np.array([20, 40]), np.array([3.4, 0.5])),
+            LayerScores("s1", [b2, b4], np.array([10, 20]), np.array([1.4, 0.5])),
+            LayerScores("s2", [b2, b4], np.array([10, 20]), np.array([1.2, 0.4])),
+        ],
+        "fisher",
+    )
+    found = alternative_plans(scores, 60, groups=3, factor=2.0)
+    assert [change for change, _ in found] == ["knapsack", "big / 2"]
+    assert found[0][1].to_strs() == {"big": "dense/b4/ch", "s1": "dense/b2/ch", "s2": "dense/b2/ch"}
+    assert found[1][1].to_strs() == {"big": "dense/b2/ch", "s1": "dense/b4/ch", "s2": "dense/b4/ch"}
+
+
 def test_probe_settings_are_checked_by_name() -> None:
     with pytest.raises(InvalidOption) as err:
         get_method("constrained", {"probe_factor": 1.0})
