@@ -36,10 +36,11 @@ weights; at lenet300 64x it gave fc1 fewer bytes and fc2 more: 98.28% against 98
 plans for a short job better than for a long one). Each distinct plan, the knapsack's own
 first, gets ``steps`` steps of the job's own fine-tuning from the dense weights, and the one
 with the lowest loss on a fixed sample of training examples (its own seed; never the
-validation set the job reports) is fine-tuned in full. The probes' steps together stay within ``share`` of
-the job's fine-tuning steps; candidates that do not fit are not probed (the last ones first,
-so the last two only where the others repeat plans). Every candidate but the in-place one
-is an exact knapsack solution; that one has no more bytes than the knapsack's: all fit.
+validation set the job reports) is fine-tuned in full. The probes' steps together stay
+within ``share`` of the job's fine-tuning steps; candidates that do not fit are not probed
+(the last ones first, so the last two only where the others repeat plans). Every candidate
+but the in-place one is an exact knapsack solution; that one has no more bytes than the
+knapsack's: all fit.
 
 Probing is also held to time (`ProbeClock`): scoring and probing together stay within
 ``search_share`` of the job's fine-tuning time, which the first probe's pace (seconds a step)
