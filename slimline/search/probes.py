@@ -37,11 +37,10 @@ where seeds alone move the former plan by 0.10, and 60- and 120-step probes rank
 too). Each distinct plan, the knapsack's own first, gets ``steps`` steps of the job's own
 fine-tuning from the dense weights, and the one with the lowest loss on a fixed sample of
 training examples (its own seed; never the validation set the job reports) is fine-tuned in
-full. The probes' steps together stay
-within ``share`` of the job's fine-tuning steps; candidates that do not fit are not probed
-(the last ones first, so the last two only where the others repeat plans). Every candidate
-but the in-place one is an exact knapsack solution; that one has no more bytes than the
-knapsack's: all fit.
+full. The probes' steps together stay within ``share`` of the job's fine-tuning steps;
+candidates that do not fit are not probed (the last ones first, so the last two only where
+the others repeat plans). Every candidate but the in-place one is an exact knapsack
+solution; that one has no more bytes than the knapsack's: all fit.
 
 Probing is also held to time (`ProbeClock`): scoring and probing together stay within
 ``search_share`` of the job's fine-tuning time, which the first probe's pace (seconds a step)
@@ -179,14 +178,15 @@ def alternative_plans(
     plan per group of layers with that group's damages times ``factor`` (`layer_groups`
     order); then the knapsack's plan with its largest layer unstructured in place
     (`_unstructured_in_place`); last, the plan with the largest layer's damages divided by
-    ``factor``. Each distinct plan once. Joint removals (`Scores.joints`) keep
-    their damages."""
+    ``factor``. Each distinct plan once. Joint removals (`Scores.joints`) keep their damages."""
     out: list[tuple[str, Plan]] = [("knapsack", scores.resolve(layer_budget, solver=solver))]
 
-    def add(change: str, layers: list[LayerScores]) -> None:
-        plan = replace(scores, layers=layers).resolve(layer_budget, solver=solver)
+    def keep(change: str, plan: Plan) -> None:
         if all(plan != p for _, p in out):
             out.append((change, plan))
+
+    def add(change: str, layers: list[LayerScores]) -> None:
+        keep(change, replace(scores, layers=layers).resolve(layer_budget, solver=solver))
 
     add(
         f"sparse x {factor:g}",
@@ -214,8 +214,8 @@ def alternative_plans(
     # alone reaches this neighbour (lenet300 24x: fc1 at 2:8 / 2 bits probed 0.037; 3 in 16 /
     # 2 bits with the rest unchanged 0.015, and kept 99.79% against 99.33% after 300 steps)
     swapped = _unstructured_in_place(scores, out[0][1])
-    if swapped is not None and all(swapped[1] != p for _, p in out):
-        out.append(swapped)
+    if swapped is not None:
+        keep(*swapped)
     # and the other way round from "<group> x factor": the largest layer's damages divided, as
     # fine-tuning recovers most where there are the most weights (lenet300 64x: fc1 at 1 in
     # 32 and fc2 at 2:4, both 2 bits, fc3 dense at 3 bits probed 0.24 against 0.35 for the
@@ -241,8 +241,9 @@ def _unstructured_in_place(scores: Scores, plan: Plan) -> tuple[str, Plan] | Non
     if any(big.name in g for g in scores.groups if len(g) > 1):
         return None
     now = big.options.index(plan[big.name])
-    fits = _unstructured(big) & (big.bytes <= big.bytes[now])
-    if _unstructured(big)[now] or not fits.any():
+    unstructured = _unstructured(big)
+    fits = unstructured & (big.bytes <= big.bytes[now])
+    if unstructured[now] or not fits.any():
         return None
     pick = int(np.flatnonzero(fits)[np.argmin(big.damage[fits])])
     return f"{big.name} unstructured", Plan({**plan, big.name: big.options[pick]})
