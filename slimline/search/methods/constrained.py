@@ -85,8 +85,9 @@ class ConstrainedSettings(MethodSettings):
     # Probing (`search.probes`): besides the knapsack's plan, re-solve with every sparse
     # option's damages times ``probe_factor``, with unstructured damages divided by it, and
     # with the damages of each of ``probe_groups`` runs of layers times it; then the
-    # knapsack's plan with its largest layer unstructured in place, and the largest layer's
-    # damages divided by it; give each distinct plan ``probe_steps`` steps of the job's
+    # knapsack's plan with its largest layer unstructured in place, the largest layer's
+    # damages divided by it, and that layer a step down and up in bytes, the rest re-solved;
+    # give each distinct plan ``probe_steps`` steps of the job's
     # fine-tuning and keep the lowest loss on a sample of training examples; all probes
     # within ``probe_share`` of the fine-tuning steps. Not with the ADMM phase (it re-solves
     # the plan itself). 0 groups: off. README "Benchmarks" has what it changed.
