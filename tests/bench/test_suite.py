@@ -276,3 +276,24 @@ def test_seeds_table_gives_mean_and_spread_per_method(tmp_path: Path) -> None:
     lines = seeds.table(runs).splitlines()
     assert lines[0] == "| task | budget | bitshare | slimline |"  # one seed: left out
     assert lines[2] == ("| lenet5 | 8x | 99.93 (99.80-100.10, 3) | **100.03** (99.90-100.20, 3) |")
+    # seed by seed, slimline - bitshare is -0.2, +0.3, +0.2 points: mean +0.1, sd 0.265,
+    # t(0.975, 2 df) 4.303, so +-0.657: the interval holds zero
+    (row,) = seeds.paired_table(runs).splitlines()[2:]
+    assert row == "| lenet5 | 8x | 3 | +0.10 (-0.56..+0.76) noise |"
+
+
+def test_a_paired_gap_is_ahead_or_behind_only_where_its_interval_leaves_out_zero() -> None:
+    from bench import seeds
+
+    lead, other = {0: 1.0, 1: 1.001, 2: 1.002}, {0: 0.999, 1: 0.9995, 2: 1.0005}
+    d = seeds.paired(lead, other)  # +0.10, +0.15, +0.15 points: +0.133 +- 0.072
+    assert d is not None and d["seeds"] == 3
+    assert d["mean"] == pytest.approx(0.1333, abs=1e-3)
+    assert (d["low"], d["high"]) == (
+        pytest.approx(0.0616, abs=1e-3),
+        pytest.approx(0.2051, abs=1e-3),
+    )
+    assert seeds.verdict(d) == "ahead"
+    behind = seeds.paired(other, lead)
+    assert behind is not None and seeds.verdict(behind) == "behind"
+    assert seeds.paired({0: 1.0, 1: 1.0}, {1: 0.9, 2: 0.9}) is None  # one seed in common
