@@ -178,6 +178,23 @@ def test_alternatives_end_with_the_largest_layer_a_step_down_then_up_in_bytes() 
     assert found[2][1].to_strs() == {"big": "dense/b4/ch", "small": "dense/b2/ch"}
 
 
+def test_the_largest_layer_above_its_bytes_only_where_the_others_still_fit() -> None:
+    # budget 40, no layer can be removed: the knapsack takes big at 3 bits and small at 2
+    # (1.0 + 3.0 against 9.0 + 0.5, and so with either layer's damages doubled or halved);
+    # big at 4 bits (40) leaves small nothing, so there is no "more bytes" plan, and no error
+    b2, b3, b4 = (LayerOption.from_str(f"dense/b{b}/ch") for b in (2, 3, 4))
+    scores = Scores(
+        [
+            LayerScores("big", [b2, b3, b4], np.array([20, 30, 40]), np.array([9.0, 1.0, 0.9])),
+            LayerScores("small", [b2, b4], np.array([10, 20]), np.array([3.0, 0.5])),
+        ],
+        "fisher",
+    )
+    found = alternative_plans(scores, 40, groups=2, factor=2.0)
+    assert [change for change, _ in found] == ["knapsack", "big fewer bytes"]
+    assert found[1][1].to_strs() == {"big": "dense/b2/ch", "small": "dense/b4/ch"}
+
+
 def test_the_largest_layer_limited_keeps_only_joints_of_its_remaining_options() -> None:
     scores = _stuck()
     knapsack = scores.resolve(50)
