@@ -167,7 +167,7 @@ def _stuck(groups: list[list[str]] | None = None) -> Scores:
     return Scores(layers, "fisher", [], [joint])
 
 
-def test_alternatives_end_with_the_largest_layer_a_step_down_then_up_in_bytes() -> None:
+def test_alternatives_end_with_the_largest_layer_below_then_above_its_bytes() -> None:
     scores = _stuck()
     found = alternative_plans(scores, 50, groups=2, factor=2.0)
     assert [change for change, _ in found] == ["knapsack", "big fewer bytes", "big more bytes"]
