@@ -22,7 +22,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from bench.summary import ORDER, dense_mismatches
+from bench.summary import ORDER, columns, dense_mismatches
 
 CONFIDENCE = 0.95  # of the interval of a paired difference
 
@@ -47,8 +47,7 @@ def table(runs: dict[tuple[str, float, str], dict[int, float]]) -> str:
     """Markdown: a row per (task, budget) with a method of two or more seeds; per method "mean
     (lowest-highest, seeds)" in percent."""
     multi = {k: v for k, v in runs.items() if len(v) >= 2}
-    methods = [m for m in [*ORDER, "slimline"] if any(k[2] == m for k in multi)]
-    methods += sorted({k[2] for k in multi} - set(methods))
+    methods = columns((k[2] for k in multi), [*ORDER, "slimline"])
     rows = sorted({(k[0], k[1]) for k in multi})
     lines = ["| task | budget | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for task, budget in rows:
@@ -102,8 +101,7 @@ def paired_table(
         for d in [paired(runs[(t, b, lead)], v)]
         if d is not None
     }
-    methods = [m for m in ORDER if any(k[2] == m for k in pairs)]
-    methods += sorted({k[2] for k in pairs} - set(methods))
+    methods = columns(k[2] for k in pairs)
     head = "| task | budget | seeds | " + " | ".join(f"{lead} - {m}" for m in methods) + " |"
     lines = [head, "|---|---|---|" + "---|" * len(methods)]
     for task, budget in sorted({(k[0], k[1]) for k in pairs}):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,16 @@ def _label(c: dict[str, Any]) -> str:
     return str(c["method"])
 
 
+def columns(labels: Iterable[str], first: Sequence[str] = ORDER) -> list[str]:
+    """The method labels in a table's column order: those in ``first``, in its order, then
+    the rest sorted."""
+    given = set(labels)
+    head = [m for m in first if m in given]
+    return head + sorted(given - set(head))
+
+
 def table(cells: list[dict[str, Any]]) -> str:
-    methods = [m for m in ORDER if any(_label(c) == m for c in cells)]
-    methods += sorted({_label(c) for c in cells} - set(methods))
+    methods = columns(_label(c) for c in cells)
     rows: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}
     for c in cells:
         rows.setdefault((c["task"], float(c["ratio_target"])), {})[_label(c)] = c
@@ -119,9 +127,7 @@ def write_plots(paths: list[Path], cells: list[dict[str, Any]], prefix: Path) ->
     written = []
     for task, meta in metas.items():
         rows = [c for c in cells if c["task"] == task]
-        labels = {_label(c) for c in rows}
-        methods = [m for m in [*ORDER, "slimline"] if m in labels]
-        methods += sorted(labels - set(methods))
+        methods = columns((_label(c) for c in rows), [*ORDER, "slimline"])
         doc = {"meta": {**meta, "methods": methods, "date": prefix.name}, "cells": rows}
         png = plot(doc, prefix.with_name(f"{prefix.name}-{task}.png"), task)
         if png is not None:
