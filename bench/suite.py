@@ -332,6 +332,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         measured=report.get("measured"),
         measured_reused=report.get("measured_reused"),
         probes=report.get("probes") or None,  # each probed plan and its loss
+        probe_gap=report.get("probe_gap"),  # the kept plan's probe loss over the dense model's
+        distilled=report.get("distilled"),  # the distillation weight the gap turned on
         searches=report.get("searches") or None,  # bitshare's gate searches
         total_seconds=report["total_seconds"],  # the job's stages, inspect to verify
         child_seconds=row["total_seconds"],  # the job + imports and the report

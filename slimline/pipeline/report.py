@@ -70,6 +70,11 @@ def build_report(state: JobState) -> dict[str, Any]:
         "measured_reused": state.search_report.get("measured_reused"),
         "probes": state.search_report.get("probes", []),
         "probes_stopped": state.search_report.get("probes_stopped"),  # why, when time ran out
+        # the dense model's loss on the probes' sample, the kept plan's excess over it, and the
+        # distillation weight that excess turned on (None: none)
+        "probe_dense_loss": state.search_report.get("probe_dense_loss"),
+        "probe_gap": state.search_report.get("probe_gap"),
+        "distilled": state.search_report.get("distilled"),
         "pareto": pareto_curve(state),
         "projections": state.search_report.get("projections", []),
         # bitshare: lambda, gated bytes and last loss of each gate search
@@ -144,6 +149,7 @@ def render_report(r: dict[str, Any]) -> str:
                     if round(ft["stretch"], 2) > 1  # not "1x" for a budget just past it
                     else ""
                 )
+                + _distilled_text(r)
             ]
             if (ft := r.get("finetune"))
             else []
@@ -174,6 +180,16 @@ def _gate_text(r: dict[str, Any]) -> str:
     kept = sum(1 for s in searches if s.get("looked_up"))
     return f", {len(searches)} gate searches" + (
         f" ({kept} loaded from an earlier run)" if kept else ""
+    )
+
+
+def _distilled_text(r: dict[str, Any]) -> str:
+    """Distillation that the probes' gap to the dense model turned on (constrained)."""
+    if not r.get("distilled"):
+        return ""
+    return (
+        f", distilled from the dense model (weight {r['distilled']:g}: the kept plan probed "
+        f"{r['probe_gap']:+.4f} from its loss)"
     )
 
 

@@ -315,7 +315,8 @@ def run_probes(
     """Probe the plans around the knapsack's (`alternative_plans`) with the job's fine-tuning
     settings, within ``settings.search_share`` of the fine-tuning time beside the ``spent``
     seconds of scoring (`ProbeClock`); returns ``{"plan": Plan, "probes": [...], "seconds":
-    s, "stopped": why or None}`` (``plan`` None when there was nothing to choose from: one
+    s, "stopped": why or None, "dense_loss": the dense model's loss on the probes' sample, None
+    where nothing was probed}`` (``plan`` None when there was nothing to choose from: one
     distinct plan, no room for two probes in ``probe_share`` of the steps, or no time for two).
     """
     from slimline.search.slope import SlopeRun  # imports the trainer only when probing
@@ -358,9 +359,14 @@ def run_probes(
                 event = {"step": i + 1, "total": len(candidates), "probe_loss": judge.base_loss}
                 ctx.progress(event)
     chosen = best(results) if len(results) >= 2 else None
+    dense_loss = None
+    if results and not cancelled():  # the dense model on the same sample: the probes' floor
+        judge.prepare(ctx.model, [], ctx.data, device=ctx.device, seed=ctx.seed + PROBE_SEED_OFFSET)
+        dense_loss = judge.base_loss
     return {
         "plan": None if chosen is None else chosen.plan,
         "probes": [{"change": r.change, "plan": r.plan.to_strs(), "loss": r.loss} for r in results],
+        "dense_loss": dense_loss,
         "seconds": time.perf_counter() - t0,
         "stopped": clock.stopped,
     }

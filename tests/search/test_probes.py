@@ -15,6 +15,7 @@ import torch
 from slimline.errors import InvalidOption
 from slimline.search.estimators import LossDeltaEstimator, calibration_examples
 from slimline.search.methods import get_method
+from slimline.search.methods.base import SearchContext
 from slimline.search.options import LayerOption, Plan
 from slimline.search.probes import (
     PACE_STEPS,
@@ -28,6 +29,7 @@ from slimline.search.probes import (
     run_probes,
 )
 from slimline.search.scoring import JointDamage, LayerScores, Scores
+from slimline.search.settings import FinetuneSettings
 from slimline.search.slope import SlopeRun
 from slimline.search.training import TrainConfig
 from tests.search.conftest import digits_context
@@ -385,6 +387,12 @@ def test_the_report_text_says_how_probing_went_and_what_fine_tuning_ran() -> Non
     }  # fmt: skip
     text = render_report(report)
     assert "probing 15.6s (2 plans, kept: conv1 x 2)" in text
+    recipe = {"epochs": 4.0, "steps": 1876, "stretch": 1.0}
+    line = "fine-tune 4 epochs, 1,876 steps"
+    assert f"{line}\n" in render_report({**report, "finetune": recipe})
+    gapped = {**report, "finetune": recipe, "distilled": 0.5, "probe_gap": -0.0014}
+    want = f"{line}, distilled from the dense model (weight 0.5: the kept plan probed -0.0014"
+    assert want in render_report(gapped)
     assert "probing" not in render_report({**report, "probes": []})
     why = "two probes need about 99.0s of search"
     text = render_report({**report, "probes": [], "probes_stopped": why})
@@ -400,3 +408,81 @@ def test_the_report_text_says_how_probing_went_and_what_fine_tuning_ran() -> Non
             if x.startswith("fine-tune")
         )
         assert (shown is None and "recipe" not in line) or (shown is not None and shown in line)
+
+
+def _gapped(loss: float, dense: float, teacher: bool = True, **settings: object):  # type: ignore[no-untyped-def]
+    method = get_method("constrained", settings)
+    method.report.update(probes=[{"loss": loss + 1.0}, {"loss": loss}], probe_dense_loss=dense)
+    net = torch.nn.Linear(2, 2)
+    ctx = SearchContext(
+        model=net, geoms=[], data=None, payload_budget=0, other_bytes=0,  # type: ignore[arg-type]
+        teacher=net if teacher else None,
+    )  # fmt: skip
+    return method, ctx
+
+
+def test_distillation_turns_on_where_the_kept_plan_probed_within_the_gap() -> None:
+    method, ctx = _gapped(0.515, dense=0.5)  # the best probe 0.015 above the dense model
+    out = method._gap_distillation(ctx)
+    assert out.finetune.distill == 0.5 and method.report["distilled"] == 0.5
+    assert method.report["probe_gap"] == pytest.approx(0.015)
+    assert ctx.finetune.distill == 0.0  # the job's own context is left as it was
+    method, ctx = _gapped(0.525, dense=0.5)  # 0.025 above: past the default 0.02
+    assert method._gap_distillation(ctx).finetune.distill == 0.0
+    assert "distilled" not in method.report and method.report["probe_gap"] == pytest.approx(0.025)
+    method, ctx = _gapped(0.475, dense=0.5)  # 0.025 below: the teacher is the weaker model
+    assert method._gap_distillation(ctx).finetune.distill == 0.0
+    method, ctx = _gapped(0.525, dense=0.5, distill_gap=0.03, distill_weight=0.25)
+    assert method._gap_distillation(ctx).finetune.distill == 0.25
+    # never: without the setting, without a teacher, or with a weight the settings chose
+    for method, ctx in (_gapped(0.5, 0.5, distill_gap=None), _gapped(0.5, 0.5, teacher=False)):
+        assert method._gap_distillation(ctx) is ctx and "distilled" not in method.report
+    method, ctx = _gapped(0.5, dense=0.5)
+    chosen = replace(ctx, finetune=FinetuneSettings(distill=0.1))
+    assert method._gap_distillation(chosen).finetune.distill == 0.1
+    # nothing probed, nothing decided
+    method = get_method("constrained")
+    assert method._gap_distillation(ctx) is ctx and "probe_gap" not in method.report
+
+
+def test_distillation_settings_are_checked_by_name() -> None:
+    for name, value, accepted in (
+        ("distill_gap", -0.1, "0 or more, or null"),
+        ("distill_weight", 0.0, "in (0, 1]"),
+    ):
+        with pytest.raises(InvalidOption) as err:
+            get_method("constrained", {name: value})
+        assert err.value.field == f"settings.{name}" and accepted in err.value.message
+
+
+def test_a_small_gap_fine_tunes_the_kept_plan_with_distillation(dense_digits) -> None:  # type: ignore[no-untyped-def]
+    model, data = dense_digits
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=64, seed=1, max_steps=12)
+    settings = {"calibration_batches": 2, "probe_steps": 3, "probe_factor": 1000.0,
+                "search_share": None}  # fmt: skip
+    ends = {}
+    for gap in (None, 100.0):  # never, and always
+        # a teacher of its own: distillation freezes the teacher's parameters
+        teacher = copy.deepcopy(model)
+        ctx = digits_context(model, data, 16, copy_model=True, teacher=teacher)
+        method = get_method("constrained", {**settings, "distill_gap": gap})
+        plan = method.propose(ctx)
+        torch.manual_seed(0)
+        chosen = method.finetune(ctx, plan, cfg)
+        ends[gap] = ctx.model
+    report = method.report
+    # the dense model's loss on the probes' own sample
+    judge = LossDeltaEstimator(examples=calibration_examples(data.task, PROBE_EXAMPLES))
+    judge.prepare(model, [], data, seed=PROBE_SEED_OFFSET)
+    assert report["probe_dense_loss"] == pytest.approx(judge.base_loss, rel=1e-9)
+    best_probe = min(p["loss"] for p in report["probes"])
+    assert report["probe_gap"] == pytest.approx(best_probe - judge.base_loss, rel=1e-9)
+    assert report["distilled"] == 0.5
+    # the kept plan fine-tuned with distillation from the dense weights, as SLOPE runs it
+    trial = copy.deepcopy(model)
+    torch.manual_seed(0)
+    distilled = FinetuneSettings(distill=0.5)
+    SlopeRun(trial, ctx.geoms, chosen, data, cfg, distilled, teacher=copy.deepcopy(model)).run()
+    want, got, plain = trial.state_dict(), ends[100.0].state_dict(), ends[None].state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert not all(torch.equal(want[k], plain[k]) for k in want)
