@@ -126,7 +126,11 @@ class ConstrainedSettings(MethodSettings):
                 self.search_share is None or self.search_share > 0,
                 "above 0, or null",
             ),
-            ("distill_gap", self.distill_gap is None or self.distill_gap >= 0, "0 or more, or null"),
+            (
+                "distill_gap",
+                self.distill_gap is None or self.distill_gap >= 0,
+                "0 or more, or null",
+            ),
             ("distill_weight", 0.0 < self.distill_weight <= 1.0, "in (0, 1]"),
         )
         self.check_ranges(field, checks)
