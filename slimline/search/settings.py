@@ -62,7 +62,9 @@ class FinetuneSettings(MethodSettings):
     # Weight of the distillation term: loss = (1 - distill) * task + distill * T^2 * KL(teacher
     # || student) at temperature T. The teacher is the dense model the job started from. Off
     # by default: at 0.25-0.5 it cost 0.1-1.2 points on lenet5, lenet300 and bytegpt within the
-    # benchmark's fine-tuning budgets (README, "Benchmarks").
+    # benchmark's fine-tuning budgets (README, "Benchmarks"), except where the compressed
+    # model is close to the dense one; the constrained method (slimline's default pipeline)
+    # turns it on there from its probes (`ConstrainedSettings.distill_gap`) while this is 0.
     distill: float = 0.0
     temperature: float = 2.0
     # lambda of the cosine regularizer: lambda * mean over output-channel rows of every
