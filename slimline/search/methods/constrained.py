@@ -19,7 +19,9 @@ What we do differently, and why:
   - after the freeze the compressed structure is trained with learned quantizer steps by the
     fine-tuning settings (SLOPE by default: mask warm-up and norm re-calibration, with
     distillation and the cosine regularizer as settings; plain quantization-aware training
-    with ``FinetuneSettings.plain()``), rather than with masks and codebooks fixed.
+    with ``FinetuneSettings.plain()``), rather than with masks and codebooks fixed;
+  - where probing (`search.probes`) finds the kept plan within ``distill_gap`` of the dense
+    model's loss, that fine-tuning distils from the dense model (``distill_weight``).
 """
 
 from __future__ import annotations
