@@ -19,6 +19,7 @@ those byte limits, so a resumed run is the uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from slimline.search.accounting import layer_bytes
 from slimline.search.compressed import CompressedWeight, apply_plan, original_weight
+from slimline.search.estimators import calibration_mode
 from slimline.search.layers import LayerGeometry, is_graph_module
 from slimline.search.masks import option_mask
 from slimline.search.options import Plan
@@ -227,11 +229,6 @@ class SlopeRun:
         checkpoint_dir: Path | None = None,
         on_step: Callable[[int], None] | None = None,
     ) -> list[float]:
-        if self.teacher is not None:
-            self.teacher.to(self.device)
-            set_training_mode(self.teacher, False)
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
         ckpt = None
         if checkpoint_dir is not None:
             ckpt = Checkpointing(
@@ -247,17 +244,24 @@ class SlopeRun:
             if on_step is not None:
                 on_step(step)
 
-        losses = train(
-            self.model,
-            self.data,
-            self.cfg,
-            device=self.device,
-            progress=progress,
-            loss_fn=self.loss,
-            should_stop=should_stop,
-            on_step=step_hook,
-            checkpoint=ckpt,
-        )
+        # the teacher runs in eval mode on the run's device, under no_grad (`loss`); its
+        # modes and device are given back after, and its parameters are never touched: a
+        # caller's model passed as teacher comes out as it went in
+        teacher_mode: AbstractContextManager[object] = nullcontext()
+        if self.teacher is not None:
+            teacher_mode = calibration_mode(self.teacher, self.device)
+        with teacher_mode:
+            losses = train(
+                self.model,
+                self.data,
+                self.cfg,
+                device=self.device,
+                progress=progress,
+                loss_fn=self.loss,
+                should_stop=should_stop,
+                on_step=step_hook,
+                checkpoint=ckpt,
+            )
         self.recalibrate()
         set_training_mode(self.model, False)
         return losses

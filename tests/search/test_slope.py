@@ -95,6 +95,27 @@ def test_the_slope_loss_with_teacher_equal_to_student_is_the_task_loss(dense_dig
     assert float(mixed) == pytest.approx(0.5 * float(plain), rel=1e-5)
 
 
+def test_a_run_gives_its_teacher_back_as_it_came(dense_digits) -> None:  # type: ignore[no-untyped-def]
+    """The teacher is read, never changed: a caller's model passed as teacher can be copied
+    and trained after (a run once froze its parameters in place)."""
+    model, data = dense_digits
+    teacher = copy.deepcopy(model)
+    teacher.train(True)
+    teacher.fc1.weight.requires_grad_(False)  # a caller's own flag, kept as it is
+    flags = {n: p.requires_grad for n, p in teacher.named_parameters()}
+    assert any(flags.values()) and not all(flags.values())
+    before = _state(teacher)
+    seen: list[bool] = []
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=64, seed=3, max_steps=3)
+    run = _run(copy.deepcopy(model), data, NM, FinetuneSettings(distill=0.5), cfg, teacher)
+    run.run(on_step=lambda step: seen.append(teacher.training))
+    assert seen and not any(seen)  # eval mode while it teaches
+    assert all(m.training for m in teacher.modules())
+    assert {n: p.requires_grad for n, p in teacher.named_parameters()} == flags
+    after = _state(teacher)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 # ----------------------------------------------------------------------------- masks
 def test_masks_stay_n_of_m_after_every_step_through_the_warm_up(dense_digits) -> None:  # type: ignore[no-untyped-def]
     model, data = dense_digits
