@@ -63,9 +63,11 @@ class FinetuneSettings(MethodSettings):
     # || student) at temperature T. The teacher is the dense model the job started from. Off
     # by default: at 0.25-0.5 it cost 0.1-1.2 points on lenet5, lenet300 and bytegpt within the
     # benchmark's fine-tuning budgets (README, "Benchmarks"), except where the compressed
-    # model is close to the dense one; the constrained method (slimline's default pipeline)
-    # turns it on there from its probes (`ConstrainedSettings.distill_gap`) while this is 0.
-    distill: float = 0.0
+    # model is close to the dense one. None (the default): the method decides; the
+    # constrained method (slimline's default pipeline) turns it on where its probes find the
+    # plan close to the dense model (`ConstrainedSettings.distill_gap`), every other method
+    # runs none. A number, 0 included, holds throughout.
+    distill: float | None = None
     temperature: float = 2.0
     # lambda of the cosine regularizer: lambda * mean over output-channel rows of every
     # compressed layer of (1 - cos(w_i, w_hat_i)), w the trainable dense row, w_hat its
@@ -86,13 +88,18 @@ class FinetuneSettings(MethodSettings):
     # model's samples are sequences: it evaluates 1/16 as many); 0: none.
     eval_samples: int = 2000
 
+    @property
+    def distill_share(self) -> float:
+        """The distillation weight a run uses: ``distill``, or 0 where the method left it."""
+        return self.distill or 0.0
+
     @classmethod
     def plain(cls) -> FinetuneSettings:
         return cls(distill=0.0, cosine=0.0, mask_warmup=0.0, recalibrate_batches=0)
 
     def validate(self, field: str) -> None:
         checks = (
-            ("distill", 0.0 <= self.distill <= 1.0, "between 0 and 1"),
+            ("distill", self.distill is None or 0.0 <= self.distill <= 1.0, "null or 0 to 1"),
             ("temperature", self.temperature > 0, "above 0"),
             ("cosine", self.cosine >= 0, "0 or more"),
             ("mask_warmup", 0.0 <= self.mask_warmup < 1.0, "in [0, 1)"),

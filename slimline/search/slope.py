@@ -127,7 +127,7 @@ class SlopeRun:
     ) -> None:
         self.model, self.geoms, self.plan, self.data = model, geoms, plan, data
         self.cfg, self.s, self.device = cfg, settings, torch.device(device)
-        self.teacher = teacher if settings.distill > 0 else None
+        self.teacher = teacher if settings.distill_share > 0 else None
         self.cws = apply_plan(model, plan, geoms)
         self.geom = {g.name: g for g in geoms}
         self.total = cfg.steps(len(data.x_train))
@@ -149,9 +149,8 @@ class SlopeRun:
         if self.teacher is not None:
             with torch.no_grad():
                 target = self.teacher(x)
-            total = (1 - s.distill) * task + s.distill * distillation_loss(
-                logits, target, s.temperature
-            )
+            a = s.distill_share
+            total = (1 - a) * task + a * distillation_loss(logits, target, s.temperature)
         if s.cosine > 0:
             total = total + s.cosine * cosine_regularizer(compressed_pairs(self.model, self.cws))
         return total

@@ -426,20 +426,22 @@ def test_distillation_turns_on_where_the_kept_plan_probed_within_the_gap() -> No
     out = method._gap_distillation(ctx)
     assert out.finetune.distill == 0.5 and method.report["distilled"] == 0.5
     assert method.report["probe_gap"] == pytest.approx(0.015)
-    assert ctx.finetune.distill == 0.0  # the job's own context is left as it was
+    assert ctx.finetune.distill is None  # the job's own context is left as it was
     method, ctx = _gapped(0.525, dense=0.5)  # 0.025 above: past the default 0.02
-    assert method._gap_distillation(ctx).finetune.distill == 0.0
+    assert method._gap_distillation(ctx).finetune.distill is None
     assert "distilled" not in method.report and method.report["probe_gap"] == pytest.approx(0.025)
     method, ctx = _gapped(0.475, dense=0.5)  # 0.025 below: the teacher is the weaker model
-    assert method._gap_distillation(ctx).finetune.distill == 0.0
+    assert method._gap_distillation(ctx).finetune.distill is None
     method, ctx = _gapped(0.525, dense=0.5, distill_gap=0.03, distill_weight=0.25)
     assert method._gap_distillation(ctx).finetune.distill == 0.25
     # never: without the setting, without a teacher, or with a weight the settings chose
     for method, ctx in (_gapped(0.5, 0.5, distill_gap=None), _gapped(0.5, 0.5, teacher=False)):
         assert method._gap_distillation(ctx) is ctx and "distilled" not in method.report
-    method, ctx = _gapped(0.5, dense=0.5)
-    chosen = replace(ctx, finetune=FinetuneSettings(distill=0.1))
-    assert method._gap_distillation(chosen).finetune.distill == 0.1
+    for weight in (0.1, 0.0):  # 0 set by the user is a choice too: plain fine-tuning
+        method, ctx = _gapped(0.5, dense=0.5)
+        chosen = replace(ctx, finetune=FinetuneSettings(distill=weight))
+        assert method._gap_distillation(chosen).finetune.distill == weight
+        assert "distilled" not in method.report and method.report["probe_gap"] == 0.0
     # nothing probed, nothing decided
     method = get_method("constrained")
     assert method._gap_distillation(ctx) is ctx and "probe_gap" not in method.report

@@ -111,8 +111,8 @@ class ConstrainedSettings(MethodSettings):
     # Measured over 15 seeds (README "Benchmarks"): lenet300 8x 99.93 -> 99.99%, lenet5 32x
     # 99.91 -> 99.94% (gaps -0.003..+0.005); distilling lenet300 32x (gap 0.03) cost 0.10
     # and 64-256x 0.35-3.1 points, bytegpt 8x (gap -0.10) 0.42. Only where the fine-tuning
-    # settings leave ``distill`` at 0 (a weight set there holds throughout) and a probe ran;
-    # the probes themselves never distil then. None: never.
+    # settings leave ``distill`` unset (a weight set there, 0 included, holds throughout) and
+    # a probe ran; the probes themselves never distil then. None: never.
     distill_gap: float | None = 0.02
     distill_weight: float = 0.5
 
@@ -270,7 +270,7 @@ class ConstrainedMethod(SearchMethod):
             return ctx
         gap = min(p["loss"] for p in probes) - dense
         self.report["probe_gap"] = gap
-        if s.distill_gap is None or ctx.finetune.distill > 0 or ctx.teacher is None:
+        if s.distill_gap is None or ctx.finetune.distill is not None or ctx.teacher is None:
             return ctx
         if abs(gap) > s.distill_gap:
             return ctx
@@ -291,7 +291,8 @@ class ConstrainedMethod(SearchMethod):
         # makes each re-projection several times cheaper.
         restrict = efficient_options(self.last_scores) if self.last_scores is not None else None
 
-        ft, teacher = ctx.finetune, ctx.teacher if ctx.finetune.distill > 0 else None
+        a, ft = ctx.finetune.distill_share, ctx.finetune
+        teacher = ctx.teacher if a > 0 else None
         if teacher is not None:
             teacher.to(ctx.device)
             set_training_mode(teacher, False)
@@ -303,7 +304,7 @@ class ConstrainedMethod(SearchMethod):
                 with torch.no_grad():
                     target = teacher(x)
                 soft = distillation_loss(logits, target, ft.temperature)
-                loss = (1 - ft.distill) * loss + ft.distill * soft
+                loss = (1 - a) * loss + a * soft
             return loss + 0.5 * rho * penalty
 
         def project(step: int) -> None:
