@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,14 @@ def test_a_run_gives_its_teacher_back_as_it_came(dense_digits) -> None:  # type:
     assert {n: p.requires_grad for n, p in teacher.named_parameters()} == flags
     after = _state(teacher)
     assert all(torch.equal(before[k], after[k]) for k in before)
+    # Yang et al.'s ADMM phase distils from the same teacher, and gives it back the same way
+    ft = FinetuneSettings(distill=0.5, eval_samples=0)
+    c = digits_context(model, data, 16, copy_model=True, finetune=ft, teacher=teacher)
+    method = get_method("constrained", {"projections": 1, "calibration_batches": 2})
+    method.finetune(c, method.propose(c), replace(cfg, max_steps=6))
+    assert all(m.training for m in teacher.modules())
+    assert {n: p.requires_grad for n, p in teacher.named_parameters()} == flags
+    assert all(torch.equal(before[k], v) for k, v in _state(teacher).items())
 
 
 # ----------------------------------------------------------------------------- masks

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from slimline.search.estimators import (
     MEASURE_ABOVE,
     DamageEstimator,
     FisherEstimator,
+    calibration_mode,
     get_estimator,
 )
 from slimline.search.methods.base import SearchContext, SearchMethod, register, search_seconds
@@ -293,9 +295,10 @@ class ConstrainedMethod(SearchMethod):
 
         a, ft = ctx.finetune.distill_share, ctx.finetune
         teacher = ctx.teacher if a > 0 else None
+        # the teacher in eval mode on the device while it teaches, given back as it came
+        teacher_mode: AbstractContextManager[object] = nullcontext()
         if teacher is not None:
-            teacher.to(ctx.device)
-            set_training_mode(teacher, False)
+            teacher_mode = calibration_mode(teacher, ctx.device)
 
         def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             penalty = torch.stack([((weights[n] - v[n] + u[n]) ** 2).sum() for n in weights]).sum()
@@ -351,17 +354,18 @@ class ConstrainedMethod(SearchMethod):
             ckpt = Checkpointing(
                 checkpoint_dir, ctx.finetune.checkpoint_steps, extra_state, load_extra
             )
-        train(
-            model,
-            ctx.data,
-            cfg,
-            device=ctx.device,
-            progress=ctx.progress,
-            loss_fn=loss_fn,
-            should_stop=ctx.should_stop,
-            on_step=project,
-            checkpoint=ckpt,
-        )
+        with teacher_mode:
+            train(
+                model,
+                ctx.data,
+                cfg,
+                device=ctx.device,
+                progress=ctx.progress,
+                loss_fn=loss_fn,
+                should_stop=ctx.should_stop,
+                on_step=project,
+                checkpoint=ckpt,
+            )
         # the final structure: re-score and re-solve at the trained W, so the masks the QAT
         # phase starts from are exactly the ones the allocation counted
         return self._solve(ctx, self._score(ctx, model, restrict))
