@@ -124,7 +124,7 @@ METHODS: dict[str, Method] = {
         Method("uniform-qat", "uniform"),
         Method("squantizer", "squantizer"),
         # Yang et al. as published: ADMM re-projection for half the steps (off in slimline's
-        # default pipeline: at equal steps it lost in 8 of 13 comparisons, README Benchmarks)
+        # default pipeline: at equal steps it lost in 8 of 13 comparisons, bench/FINDINGS.md)
         Method("constrained", "constrained", settings={"projections": 3}),
         Method("bitshare", "bitshare"),
         Method("optuna", "optuna"),

@@ -53,7 +53,7 @@ class MethodSettings:
 @dataclass(frozen=True)
 class FinetuneSettings(MethodSettings):
     """SLOPE fine-tuning (DESIGN.md "SLOPE fine-tuning"); the defaults are slimline's, chosen
-    by measurement (bench.suite --ablation; README "Benchmarks").
+    by measurement (bench.suite --ablation; README "Benchmarks", bench/FINDINGS.md).
 
     Plain quantization-aware training is ``FinetuneSettings.plain()``: no distillation, no
     regularizer, masks fixed from the start, no norm re-calibration.
@@ -62,7 +62,7 @@ class FinetuneSettings(MethodSettings):
     # Weight of the distillation term: loss = (1 - distill) * task + distill * T^2 * KL(teacher
     # || student) at temperature T. The teacher is the dense model the job started from. Off
     # by default: at 0.25-0.5 it cost 0.1-1.2 points on lenet5, lenet300 and bytegpt within the
-    # benchmark's fine-tuning budgets (README, "Benchmarks"), except where the compressed
+    # benchmark's fine-tuning budgets (bench/FINDINGS.md), except where the compressed
     # model is close to the dense one. None (the default): the method decides; the
     # constrained method (slimline's default pipeline) turns it on where its probes find the
     # plan close to the dense model (`ConstrainedSettings.distill_gap`), every other method
@@ -71,8 +71,9 @@ class FinetuneSettings(MethodSettings):
     temperature: float = 2.0
     # lambda of the cosine regularizer: lambda * mean over output-channel rows of every
     # compressed layer of (1 - cos(w_i, w_hat_i)), w the trainable dense row, w_hat its
-    # masked and quantized image. Off by default: measured on lenet300 and lenet5 (README,
-    # "Benchmarks") it cost 0.2-0.4 points of accuracy at 64x-128x and much more at 256x.
+    # masked and quantized image. Off by default: measured on lenet300 and lenet5
+    # (bench/FINDINGS.md) it cost 0.2-0.4 points of accuracy at 64x-128x and much more at
+    # 256x; the 32x ablation of session 18 moved 0.02-0.18 points either way.
     cosine: float = 0.0
     # Share of the steps during which masks are re-picked by magnitude (every
     # ``refresh_every`` steps); then they are frozen. 0: masks fixed from the start.

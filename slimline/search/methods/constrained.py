@@ -80,7 +80,8 @@ class ConstrainedSettings(MethodSettings):
     # 99.12 -> 99.48; bytegpt 16x at 200 steps, 1 and 5 epochs: 95.11 -> 97.52, 99.44 ->
     # 101.98, 105.82 -> 109.00) and won 5 (bytegpt 32x at 200 steps, 1 and 5 epochs: 69.61 ->
     # 73.60, 83.28 -> 89.67, 96.96 -> 99.24; lenet5 256x at 4 and 16 epochs: 97.71 -> 98.41,
-    # 98.90 -> 99.35; README Benchmarks): half the steps train a dense W pulled towards the
+    # 98.90 -> 99.35; bench/FINDINGS.md; since then it lost at bytegpt 32x at 200 steps too,
+    # 79.16 against 86.01% over seeds 0-2): half the steps train a dense W pulled towards the
     # plan instead of the compressed model itself.
     projections: int = 0
     # measure removing each branch's layers together (a block's attention, its MLP:
@@ -94,7 +95,7 @@ class ConstrainedSettings(MethodSettings):
     # give each distinct plan ``probe_steps`` steps of the job's
     # fine-tuning and keep the lowest loss on a sample of training examples; all probes
     # within ``probe_share`` of the fine-tuning steps. Not with the ADMM phase (it re-solves
-    # the plan itself). 0 groups: off. README "Benchmarks" has what it changed.
+    # the plan itself). 0 groups: off. bench/FINDINGS.md has what it changed.
     probe_groups: int = 4
     probe_factor: float = 2.0
     probe_steps: int = 30
@@ -110,7 +111,7 @@ class ConstrainedSettings(MethodSettings):
     # Close to its teacher a student learns from the soft targets; far above it, it cannot
     # follow them (the capacity gap) and they pull it off the task; far below it, the
     # teacher is the weaker model (bytegpt's dense model, which more training alone betters).
-    # Measured over 15 seeds (README "Benchmarks"): lenet300 8x 99.93 -> 99.99%, lenet5 32x
+    # Measured over 15 seeds (bench/FINDINGS.md): lenet300 8x 99.93 -> 99.99%, lenet5 32x
     # 99.91 -> 99.94% (gaps -0.003..+0.005); distilling lenet300 32x (gap 0.03) cost 0.10
     # and 64-256x 0.35-3.1 points, bytegpt 8x (gap -0.10) 0.42. Only where the fine-tuning
     # settings leave ``distill`` unset (a weight set there, 0 included, holds throughout) and
