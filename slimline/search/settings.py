@@ -6,9 +6,11 @@ before the job is queued, and the API process never imports torch.
 
 from __future__ import annotations
 
+import numbers
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from slimline.errors import InvalidOption
 
@@ -31,6 +33,16 @@ class MethodSettings:
                 field=field,
                 value=unknown,
             )
+        hints = get_type_hints(cls)
+        for name, value in data.items():
+            kinds = _scalar_kinds(hints[name])
+            if kinds is not None and not any(_is_kind(value, k) for k in kinds):
+                accepted = " or ".join(_KIND_NAMES[k] for k in kinds)
+                raise InvalidOption(
+                    f"{field}.{name} = {value!r} is of the wrong type; accepted: {accepted}",
+                    field=f"{field}.{name}",
+                    value=value,
+                )
         obj = cls(**data)
         obj.validate(field)
         return obj
@@ -48,6 +60,28 @@ class MethodSettings:
                     field=f"{field}.{name}",
                     value=value,
                 )
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               type(None): "null"}  # fmt: skip
+
+
+def _scalar_kinds(hint: Any) -> tuple[type, ...] | None:
+    """The scalar types a field of type ``hint`` takes (``float | None``: float, NoneType);
+    None where the hint is not made of them alone (then its values are not checked here)."""
+    args = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    return args if all(a in _KIND_NAMES for a in args) else None
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    """JSON's view: an integer is a number too, true and false are neither."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if kind is float:
+        return isinstance(value, numbers.Real)
+    return isinstance(value, kind)
 
 
 @dataclass(frozen=True)

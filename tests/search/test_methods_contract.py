@@ -18,6 +18,7 @@ from slimline.search.accounting import plan_bytes
 from slimline.search.compressed import compressed_weights
 from slimline.search.methods import SearchContext, get_method, method_names
 from slimline.search.position_codes import position_stream_bytes
+from slimline.search.settings import FinetuneSettings
 from slimline.search.training import TrainConfig
 from tests.search.conftest import digits_context
 
@@ -106,6 +107,30 @@ def test_settings_round_trip_and_unknown_keys_are_refused(name: str) -> None:
     assert again.settings == method.settings
     with pytest.raises(InvalidOption, match="no_such_knob"):
         get_method(name, {"no_such_knob": 1})
+    # a value of the wrong type is refused by name, whatever the setting (JSON gives lists)
+    for knob in method.settings.to_dict():
+        with pytest.raises(InvalidOption, match="wrong type") as err:
+            get_method(name, {knob: [1]})
+        assert err.value.field == f"settings.{knob}" and err.value.value == [1]
+
+
+def test_settings_take_json_scalars_of_their_type() -> None:
+    def refused(data: dict[str, object]) -> str:
+        with pytest.raises(InvalidOption) as err:
+            FinetuneSettings.from_dict(data, field="finetune")
+        return err.value.message
+
+    assert FinetuneSettings.from_dict({"distill": 1, "temperature": 2}).distill == 1  # ints
+    assert FinetuneSettings.from_dict({"distill": None}).distill is None
+    assert refused({"distill": "0.3"}) == (
+        "finetune.distill = '0.3' is of the wrong type; accepted: a number or null"
+    )
+    assert "accepted: a number" in refused({"cosine": True})  # true is not 1 here
+    assert "accepted: a number" in refused({"cosine": None})  # not optional
+    assert "accepted: an integer" in refused({"refresh_every": 2.5})
+    assert get_method("constrained", {"joint_removal": False}).settings.joint_removal is False
+    with pytest.raises(InvalidOption, match="accepted: true or false"):
+        get_method("constrained", {"joint_removal": 0})
 
 
 def test_a_language_calibration_measures_an_eighth_as_many_sequences() -> None:

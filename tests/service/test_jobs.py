@@ -367,7 +367,11 @@ def test_artifacts_download_with_etag(api: Api, user, model: str) -> None:
 def test_finetune_settings_are_checked_before_a_job_is_made(api: Api, user, model: str) -> None:  # type: ignore[no-untyped-def]
     _, h = user
     make_ready(api, model, dense=100_000, smallest=5_000)
-    for bad, name in (({"distill": 2}, "distill"), ({"warmup": 0.1}, "warmup")):
+    for bad, name in (
+        ({"distill": 2}, "distill"),
+        ({"warmup": 0.1}, "warmup"),
+        ({"cosine": "0.5"}, "cosine"),  # a string where a number goes
+    ):
         r = submit(api, h, model, budget="10x", finetune=bad)
         assert r.status_code == 422, r.text
         assert r.json()["field"].startswith("finetune") and name in r.json()["message"]
