@@ -149,6 +149,28 @@ def test_infeasible_budget_fails_before_training(
     assert not empty_cache.exists()  # nothing was trained or cached (and no data was needed)
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [
+        ("--method-settings", '{"probe_steps": 2.5}', "settings.probe_steps = 2.5"),
+        ("--method-settings", '{"no_such_knob": 1}', "no_such_knob"),
+        ("--finetune", '{"distill": "high"}', "finetune.distill = 'high'"),
+    ],
+)
+def test_bad_settings_fail_before_training(
+    flag: str, value: str, field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty_cache = tmp_path / "cache"
+    code, _, err = run_cli(
+        ["lenet5", "--data", "mnist", "--budget", "20x", flag, value,
+         "--data-root", str(tmp_path / "no-such-root")],
+        empty_cache,
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and "error[invalid_option]" in err and field in err
+    assert not empty_cache.exists()  # refused before a dense model was trained (or data read)
+
+
 def test_uniform_method_infeasible_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

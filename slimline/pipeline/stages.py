@@ -168,7 +168,9 @@ def inspect(state: JobState, progress: StageProgress) -> None:
     from slimline.pipeline.sources import resolve_model
 
     spec = state.spec
-    FinetuneSettings.from_dict(spec.finetune, field="finetune")  # refuse bad knobs up front
+    # refuse bad knobs up front, before a dense model is built or trained
+    FinetuneSettings.from_dict(spec.finetune, field="finetune")
+    get_method(spec.method, spec.method_settings)
     state.src = resolve_model(spec.model, config=spec.config or None, weights=spec.weights)
     torch.manual_seed(spec.seed)
     model = build_skeleton(state.src)
