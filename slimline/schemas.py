@@ -16,7 +16,7 @@ import math
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from slimline.budget import parse_budget
 
@@ -134,8 +134,18 @@ class JobSpecIn(_In):
 
     @field_validator("method_settings")
     @classmethod
-    def _method_settings_bounded(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _bounded_settings(v, "method_settings")
+    def _method_settings_known(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from slimline.errors import InvalidOption
+        from slimline.search.method_settings import METHOD_SETTINGS
+
+        v = _bounded_settings(v, "method_settings")
+        settings_cls = METHOD_SETTINGS.get(info.data.get("method", ""))
+        if settings_cls is not None:  # (an unknown method is refused by its own field)
+            try:
+                settings_cls.from_dict(v, field="method_settings")
+            except InvalidOption as exc:
+                raise ValueError(str(exc)) from exc
+        return v
 
     @field_validator("finetune")
     @classmethod

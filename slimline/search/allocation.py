@@ -50,8 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from slimline.errors import InfeasibleBudget, InvalidOption
+from slimline.search.method_settings import SOLVERS
 
-SOLVERS = ("exact", "greedy", "milp")
 BEAM = 256  # states kept per layer by the exact solver's first (heuristic) pass
 
 

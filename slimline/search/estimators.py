@@ -61,6 +61,7 @@ from torch.nn.utils import parametrize
 from slimline.errors import InvalidOption
 from slimline.search.layers import LayerGeometry, is_graph_module
 from slimline.search.measurements import MeasuredLosses, change_key, fingerprint
+from slimline.search.method_settings import MEASURE_ABOVE
 from slimline.search.store_folder import StoreFolder
 from slimline.search.training import TrainData, batches, set_training_mode, task_loss
 
@@ -113,10 +114,6 @@ class DamageEstimator(ABC):
         each), in the units of `damage`; None where the estimator cannot measure (it does not
         run the model)."""
         return None
-
-
-# relative squared error past which the Fisher estimator measures an option (module doc)
-MEASURE_ABOVE = 0.1
 
 
 class FisherEstimator(DamageEstimator):

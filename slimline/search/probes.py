@@ -76,8 +76,8 @@ from slimline.search.scoring import LayerScores, Scores
 from slimline.search.training import TrainConfig
 
 if TYPE_CHECKING:
+    from slimline.search.method_settings import ConstrainedSettings
     from slimline.search.methods.base import SearchContext
-    from slimline.search.methods.constrained import ConstrainedSettings
 
 # a probe is judged by its loss on this many training examples (1/8 as many sequences)
 PROBE_EXAMPLES = 1024

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench import suite
-from slimline.search.methods.optuna_search import OptunaSettings
+from slimline.search.method_settings import OptunaSettings
 from slimline.search.settings import FinetuneSettings
 
 
@@ -227,7 +227,7 @@ def test_summary_plots_the_merged_table(tmp_path: Path, monkeypatch: pytest.Monk
 def test_slimline_columns_probe_without_a_time_limit() -> None:
     # no method's search is held to time in the suite, so slimline's plans do not depend on
     # the machine's speed; the job's default (search_share 0.25) is for users' jobs
-    from slimline.search.methods.constrained import ConstrainedSettings
+    from slimline.search.method_settings import ConstrainedSettings
 
     assert ConstrainedSettings().search_share == 0.25
     assert suite.METHODS["slimline"].settings == {"search_share": None}

@@ -14,8 +14,9 @@ from slimline.errors import InvalidOption
 from slimline.search.accounting import layer_bytes, layer_options, plan_bytes
 from slimline.search.compressed import apply_plan
 from slimline.search.layers import find_layers
+from slimline.search.method_settings import BitShareSettings
 from slimline.search.methods import SearchContext, get_method
-from slimline.search.methods.bitshare import BitShareSettings, LambdaBracket
+from slimline.search.methods.bitshare import LambdaBracket
 from slimline.search.methods.bitshare_gates import (
     BitShareWeight,
     GatedConfig,

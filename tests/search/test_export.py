@@ -25,8 +25,9 @@ from slimline.search.export import (
 )
 from slimline.search.finalize import finalize
 from slimline.search.layers import find_layers
+from slimline.search.method_settings import UniformSettings
 from slimline.search.methods.base import SearchContext
-from slimline.search.methods.uniform import UniformMethod, UniformSettings
+from slimline.search.methods.uniform import UniformMethod
 from slimline.search.options import Plan
 
 

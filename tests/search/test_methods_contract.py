@@ -16,6 +16,8 @@ import torch
 from slimline.errors import InvalidOption
 from slimline.search.accounting import plan_bytes
 from slimline.search.compressed import compressed_weights
+from slimline.search.estimators import estimator_names
+from slimline.search.method_settings import ESTIMATOR_NAMES, METHOD_SETTINGS
 from slimline.search.methods import SearchContext, get_method, method_names
 from slimline.search.position_codes import position_stream_bytes
 from slimline.search.settings import FinetuneSettings
@@ -112,6 +114,17 @@ def test_settings_round_trip_and_unknown_keys_are_refused(name: str) -> None:
         with pytest.raises(InvalidOption, match="wrong type") as err:
             get_method(name, {knob: [1]})
         assert err.value.field == f"settings.{knob}" and err.value.value == [1]
+
+
+def test_the_torch_free_settings_table_matches_the_registry() -> None:
+    # the API checks method_settings with METHOD_SETTINGS, without importing the methods
+    assert set(METHOD_SETTINGS) == set(method_names())
+    for name in method_names():
+        assert get_method(name).settings_cls is METHOD_SETTINGS[name]
+    assert tuple(estimator_names()) == ESTIMATOR_NAMES
+    for knob, bad in (("estimator", "fisherr"), ("solver", "simplex")):
+        with pytest.raises(InvalidOption, match=f"settings.{knob} = '{bad}'"):
+            get_method("constrained", {knob: bad})
 
 
 def test_settings_take_json_scalars_of_their_type() -> None:

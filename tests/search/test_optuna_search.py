@@ -15,12 +15,12 @@ from slimline.errors import InfeasibleBudget, InvalidOption
 from slimline.pipeline.stages import exact_positions
 from slimline.search.accounting import plan_bytes
 from slimline.search.layers import LayerGeometry
+from slimline.search.method_settings import OptunaSettings
 from slimline.search.methods import get_method, optuna_search
 from slimline.search.methods.base import SearchContext
 from slimline.search.methods.optuna_search import (
     Choices,
     OptunaMethod,
-    OptunaSettings,
     pareto_indices,
     plan_of,
     repair,

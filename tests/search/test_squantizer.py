@@ -13,12 +13,12 @@ from slimline.pipeline.stages import exact_positions
 from slimline.search.accounting import kept_count, layer_bytes, plan_bytes, unstructured_kept
 from slimline.search.compressed import CompressedWeight, compressed_weights
 from slimline.search.layers import LayerGeometry
+from slimline.search.method_settings import SQuantizerSettings
 from slimline.search.methods import get_method
 from slimline.search.methods.base import SearchContext
 from slimline.search.methods.squantizer import (
     MagnitudeStats,
     SQuantizerMethod,
-    SQuantizerSettings,
     bound_bytes,
     density_for,
     fit_threshold,

@@ -364,7 +364,7 @@ def test_artifacts_download_with_etag(api: Api, user, model: str) -> None:
     assert r.status_code == 404 and "outside" in r.json()["message"]
 
 
-def test_finetune_settings_are_checked_before_a_job_is_made(api: Api, user, model: str) -> None:  # type: ignore[no-untyped-def]
+def test_settings_are_checked_before_a_job_is_made(api: Api, user, model: str) -> None:  # type: ignore[no-untyped-def]
     _, h = user
     make_ready(api, model, dense=100_000, smallest=5_000)
     for bad, name in (
@@ -375,6 +375,15 @@ def test_finetune_settings_are_checked_before_a_job_is_made(api: Api, user, mode
         r = submit(api, h, model, budget="10x", finetune=bad)
         assert r.status_code == 422, r.text
         assert r.json()["field"].startswith("finetune") and name in r.json()["message"]
+    # the method's own settings likewise: a wrong type, a value out of range, an unknown name
+    for method, bad, name in (
+        ("constrained", {"probe_steps": 2.5}, "probe_steps"),
+        ("optuna", {"sampler": "grid"}, "sampler"),
+        ("bitshare", {"no_such_knob": 1}, "no_such_knob"),
+    ):
+        r = submit(api, h, model, budget="10x", method=method, method_settings=bad)
+        assert r.status_code == 422, r.text
+        assert r.json()["field"].startswith("method_settings") and name in r.json()["message"]
     assert api.messages() == []
     ok = submit(api, h, model, budget="10x", finetune={"distill": 0.3, "cosine": 0.5})
     assert ok.status_code == 201, ok.text

@@ -38,17 +38,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
 
-from slimline.errors import InfeasibleBudget, InvalidOption
+from slimline.errors import InfeasibleBudget
 from slimline.search.accounting import layer_bytes
 from slimline.search.estimators import FisherEstimator
 from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
+from slimline.search.method_settings import BitShareSettings
 from slimline.search.methods import gate_search_store
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.methods.bitshare_gates import (
@@ -58,7 +58,6 @@ from slimline.search.methods.bitshare_gates import (
     within,
 )
 from slimline.search.options import LayerOption, Plan
-from slimline.search.settings import MethodSettings
 from slimline.search.training import Progress
 
 if TYPE_CHECKING:
@@ -66,61 +65,6 @@ if TYPE_CHECKING:
 
 # the next lambda stays this share of the (log) bracket away from either end (`LambdaBracket`)
 LAMBDA_STEP_MARGIN = 0.1
-
-
-@dataclass(frozen=True)
-class BitShareSettings(MethodSettings):
-    search_steps: int = 100  # optimizer steps of one gate search (one search per lambda tried)
-    lr: float = 1e-3  # Adam lr of weights, clips and every other model parameter while searching
-    gate_lr: float = 1e-2  # Adam lr of the gate thresholds (which live in [0, 1])
-    group_rows: int = 4  # output channels per pruning gate (the paper: 4 on CIFAR ResNets)
-    batch_size: int = 64  # search mini-batch
-    lambda_min: float = 1e-3  # the lambda search's bracket on the byte penalty's weight
-    lambda_max: float = 10.0
-    lambda_iters: int = 5  # most searches the lambda search runs
-    tolerance: float = 0.1  # stop once the gated bytes land in [(1 - tolerance) budget, budget]
-    calib_batches: int = 8  # Fisher scoring of the projection's candidates
-    calib_batch_size: int = 64
-    distance_penalty: float = 0.5  # damage per step from the gated config, x mean gated damage
-
-    def __post_init__(self) -> None:
-        positive = (
-            "search_steps",
-            "lr",
-            "gate_lr",
-            "group_rows",
-            "batch_size",
-            "lambda_min",
-            "lambda_iters",
-            "calib_batches",
-            "calib_batch_size",
-        )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise InvalidOption(
-                    f"bitshare setting {name} must be positive, got {getattr(self, name)!r}",
-                    field=name,
-                    value=getattr(self, name),
-                )
-        if not self.lambda_max > self.lambda_min:
-            raise InvalidOption(
-                f"bitshare lambda_max ({self.lambda_max!r}) must exceed lambda_min "
-                f"({self.lambda_min!r})",
-                field="lambda_max",
-                value=self.lambda_max,
-            )
-        if not 0 <= self.tolerance < 1:
-            raise InvalidOption(
-                f"bitshare tolerance must be in [0, 1), got {self.tolerance!r}",
-                field="tolerance",
-                value=self.tolerance,
-            )
-        if self.distance_penalty < 0:
-            raise InvalidOption(
-                f"bitshare distance_penalty must be >= 0, got {self.distance_penalty!r}",
-                field="distance_penalty",
-                value=self.distance_penalty,
-            )
 
 
 class ExactBytes:

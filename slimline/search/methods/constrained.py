@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +40,16 @@ from torch import nn
 from slimline.search.branches import removal_branches
 from slimline.search.compressed import CompressedWeight
 from slimline.search.estimators import (
-    MEASURE_ABOVE,
     DamageEstimator,
     FisherEstimator,
     calibration_mode,
     get_estimator,
 )
+from slimline.search.method_settings import ConstrainedSettings
 from slimline.search.methods.base import SearchContext, SearchMethod, register, search_seconds
 from slimline.search.options import LayerOption, Plan
 from slimline.search.probes import run_probes
 from slimline.search.scoring import Scores, count_measurements, score_model
-from slimline.search.settings import MethodSettings
 from slimline.search.slope import distillation_loss
 from slimline.search.train_checkpoint import load_checkpoint, save_checkpoint
 from slimline.search.training import (
@@ -60,85 +59,6 @@ from slimline.search.training import (
     task_loss,
     train,
 )
-
-
-@dataclass(frozen=True)
-class ConstrainedSettings(MethodSettings):
-    estimator: str = "fisher"  # damage estimator: fisher | hessian | loss
-    # fisher only: options whose relative squared error exceeds this have their damage
-    # measured where the allocation picks them (`FisherEstimator`); 0 measures none
-    measure_above: float = MEASURE_ABOVE
-    solver: str = "exact"  # knapsack solver: exact | greedy
-    calibration_batches: int = 8  # mini-batches in one scoring pass
-    calibration_batch_size: int = 64
-    rho: float = 5e-3  # ADMM penalty weight on ||W - V + U||^2 (summed over every weight)
-    admm_fraction: float = 0.5  # share of the fine-tuning steps spent in the ADMM phase
-    # re-score + re-solve this many times during the ADMM phase; 0 (the default): no ADMM
-    # phase, every step trains the compressed model. ADMM as Yang et al. run it (3 here) lost
-    # 8 of 13 comparisons at equal steps (lenet300 300 steps: 64x 97.85 -> 98.58% without,
-    # 128x 94.03 -> 94.87, 256x 51.15 -> 79.47; 128x at 10 and 30 epochs: 98.57 -> 98.96,
-    # 99.12 -> 99.48; bytegpt 16x at 200 steps, 1 and 5 epochs: 95.11 -> 97.52, 99.44 ->
-    # 101.98, 105.82 -> 109.00) and won 5 (bytegpt 32x at 200 steps, 1 and 5 epochs: 69.61 ->
-    # 73.60, 83.28 -> 89.67, 96.96 -> 99.24; lenet5 256x at 4 and 16 epochs: 97.71 -> 98.41,
-    # 98.90 -> 99.35; bench/FINDINGS.md; since then it lost at bytegpt 32x at 200 steps too,
-    # 79.16 against 86.01% over seeds 0-2): half the steps train a dense W pulled towards the
-    # plan instead of the compressed model itself.
-    projections: int = 0
-    # measure removing each branch's layers together (a block's attention, its MLP:
-    # `branches.removal_branches`) as one more knapsack option, one forward pass each
-    joint_removal: bool = True
-    # Probing (`search.probes`): besides the knapsack's plan, re-solve with every sparse
-    # option's damages times ``probe_factor``, with unstructured damages divided by it, and
-    # with the damages of each of ``probe_groups`` runs of layers times it; then the
-    # knapsack's plan with its largest layer unstructured in place, the largest layer's
-    # damages divided by it, and that layer a step down and up in bytes, the rest re-solved;
-    # give each distinct plan ``probe_steps`` steps of the job's
-    # fine-tuning and keep the lowest loss on a sample of training examples; all probes
-    # within ``probe_share`` of the fine-tuning steps. Not with the ADMM phase (it re-solves
-    # the plan itself). 0 groups: off. bench/FINDINGS.md has what it changed.
-    probe_groups: int = 4
-    probe_factor: float = 2.0
-    probe_steps: int = 30
-    probe_share: float = 0.5
-    # Scoring and probing together within this share of the fine-tuning time (estimated from
-    # the first probe's pace; `probes.ProbeClock`): probes that would pass it are not run, and
-    # none when two do not fit. 0.25: the search adds at most a quarter to fine-tuning's
-    # time (README "Benchmarks"). None: no time limit (probes within probe_share alone).
-    search_share: float | None = 0.25
-    # Distillation where the gap is small: where the kept plan's probe loss lies within
-    # ``distill_gap`` nats of the dense model's on the probes' sample (either side), the
-    # fine-tuning distils from the dense model with weight ``distill_weight``; else none.
-    # Close to its teacher a student learns from the soft targets; far above it, it cannot
-    # follow them (the capacity gap) and they pull it off the task; far below it, the
-    # teacher is the weaker model (bytegpt's dense model, which more training alone betters).
-    # Measured over 15 seeds (bench/FINDINGS.md): lenet300 8x 99.93 -> 99.99%, lenet5 32x
-    # 99.91 -> 99.94% (gaps -0.003..+0.005); distilling lenet300 32x (gap 0.03) cost 0.10
-    # and 64-256x 0.35-3.1 points, bytegpt 8x (gap -0.10) 0.42. Only where the fine-tuning
-    # settings leave ``distill`` unset (a weight set there, 0 included, holds throughout) and
-    # a probe ran; the probes themselves never distil then. None: never.
-    distill_gap: float | None = 0.02
-    distill_weight: float = 0.5
-
-    def validate(self, field: str) -> None:
-        checks = (
-            ("measure_above", self.measure_above >= 0, "0 or more"),
-            ("probe_groups", self.probe_groups >= 0, "0 or more"),
-            ("probe_factor", self.probe_factor > 1.0, "above 1"),
-            ("probe_steps", self.probe_steps >= 1, "1 or more"),
-            ("probe_share", 0.0 <= self.probe_share <= 1.0, "in [0, 1]"),
-            (
-                "search_share",
-                self.search_share is None or self.search_share > 0,
-                "above 0, or null",
-            ),
-            (
-                "distill_gap",
-                self.distill_gap is None or self.distill_gap >= 0,
-                "0 or more, or null",
-            ),
-            ("distill_weight", 0.0 < self.distill_weight <= 1.0, "in (0, 1]"),
-        )
-        self.check_ranges(field, checks)
 
 
 @register

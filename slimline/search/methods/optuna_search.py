@@ -49,60 +49,19 @@ import numpy as np
 import optuna
 import torch
 
-from slimline.errors import InfeasibleBudget, InvalidOption
+from slimline.errors import InfeasibleBudget
 from slimline.search.accounting import layer_bytes
 from slimline.search.compressed import apply_plan
 from slimline.search.estimators import get_estimator
 from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
+from slimline.search.method_settings import OptunaSettings
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import LayerOption, Plan
 from slimline.search.scoring import Scores, count_measurements, score_model
-from slimline.search.settings import MethodSettings
 from slimline.search.training import TrainConfig, TrainData, evaluate, train
 
-SAMPLERS = ("tpe", "nsga2")
 HEARTBEAT_SECONDS = 30  # a worker that dies leaves its trial RUNNING; others fail it after 2x
-
-
-@dataclass(frozen=True)
-class OptunaSettings(MethodSettings):
-    trials: int = 12  # trials this call adds to the study (a shared study grows by each call's)
-    sampler: str = "tpe"  # tpe | nsga2
-    proxy_steps: int = 30  # QAT steps per trial, from the dense weights
-    proxy_lr: float = 1e-3  # Adam learning rate of the proxy fine-tune
-    proxy_batch_size: int = 64
-    val_samples: int = 512  # validation examples the proxy loss is measured on
-    estimator: str = "fisher"  # damage estimator of the scoring pass (Pareto filter, repair)
-    calibration_batches: int = 8  # scoring pass: mini-batches of calibration data
-    calibration_batch_size: int = 64
-    storage: str | None = None  # None: in-memory study; else an RDB URL shared by workers
-    # None: derived from model, data, budget and search space. Jobs sharing an explicit name
-    # must have the same search space (Optuna refuses a parameter whose choices change).
-    study_name: str | None = None
-    seed: int | None = None  # sampler seed; None: the job's seed
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise InvalidOption(
-                f"optuna sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}",
-                field="sampler",
-                value=self.sampler,
-            )
-        for name in ("trials", "proxy_steps", "proxy_batch_size", "val_samples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InvalidOption(
-                    f"optuna {name} must be a positive integer, got {value!r}",
-                    field=name,
-                    value=value,
-                )
-        if not self.proxy_lr > 0:
-            raise InvalidOption(
-                f"optuna proxy_lr must be positive, got {self.proxy_lr!r}",
-                field="proxy_lr",
-                value=self.proxy_lr,
-            )
 
 
 # ---------------------------------------------------------------------------- search space

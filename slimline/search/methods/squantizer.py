@@ -30,36 +30,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from slimline.errors import InfeasibleBudget, InvalidOption, SlimlineError
+from slimline.errors import InfeasibleBudget, SlimlineError
 from slimline.search.accounting import layer_bytes, unstructured_kept
 from slimline.search.compressed import CompressedWeight, apply_plan
 from slimline.search.layers import LayerGeometry
+from slimline.search.method_settings import SQuantizerSettings
 from slimline.search.methods.base import SearchContext, SearchMethod, register
-from slimline.search.options import BITS, REMOVED, LayerOption, Plan
-from slimline.search.settings import MethodSettings
+from slimline.search.options import REMOVED, LayerOption, Plan
 from slimline.search.training import TrainConfig, batches, set_training_mode, task_loss
 
 BISECTION_STEPS = 100  # far more than needed: the plan stops changing long before
-
-
-@dataclass(frozen=True)
-class SQuantizerSettings(MethodSettings):
-    bits: int = 4  # bit-width of every kept value (per-channel scales); 16 = fp16
-    dense_fraction: float = 1 / 3  # share of the fine-tuning steps trained dense first
-
-    def __post_init__(self) -> None:
-        if self.bits not in BITS:
-            raise InvalidOption(
-                f"squantizer bits {self.bits!r} is not one of {', '.join(map(str, BITS))}",
-                field="bits",
-                value=self.bits,
-            )
-        if not 0.0 <= self.dense_fraction < 1.0:
-            raise InvalidOption(
-                f"squantizer dense_fraction must be in [0, 1), got {self.dense_fraction!r}",
-                field="dense_fraction",
-                value=self.dense_fraction,
-            )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ lowest loss on a calibration sample (``tries=1``: simply the most bytes under th
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from slimline.errors import InfeasibleBudget
 from slimline.search.accounting import layer_bytes
@@ -17,9 +16,9 @@ from slimline.search.compressed import apply_plan
 from slimline.search.estimators import LossDeltaEstimator, calibration_examples
 from slimline.search.layers import LayerGeometry
 from slimline.search.masks import option_mask
+from slimline.search.method_settings import UniformSettings
 from slimline.search.methods.base import SearchContext, SearchMethod, register
 from slimline.search.options import BITS, DENSITIES, NM_PATTERNS, LayerOption, Plan
-from slimline.search.settings import MethodSettings
 
 
 def uniform_candidates() -> list[LayerOption]:
@@ -32,12 +31,6 @@ def uniform_candidates() -> list[LayerOption]:
             gran = {"granularity": "none"} if b == 16 else {"granularity": "channel"}
             out.append(LayerOption(bits=b, **sp, **gran))
     return out
-
-
-@dataclass(frozen=True)
-class UniformSettings(MethodSettings):
-    tries: int = 8  # fitting recipes compared on the calibration sample (most bytes first)
-    calibration_examples: int = 512  # a language model's: 1/8 as many sequences
 
 
 @register
