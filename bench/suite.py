@@ -148,7 +148,7 @@ def optuna_split(max_steps: int, settings: dict[str, Any]) -> tuple[dict[str, An
     """The optuna settings and the fine-tuning step cap that together train ``max_steps``
     steps. ``trials`` and ``proxy_steps`` given in ``settings`` are kept (their steps still
     come out of the cap)."""
-    from slimline.search.methods.optuna_search import OptunaSettings
+    from slimline.search.method_settings import OptunaSettings
 
     trials = int(settings.get("trials", OPTUNA_TRIALS))
     if "proxy_steps" in settings:
