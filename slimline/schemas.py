@@ -5,8 +5,9 @@ budget reachable) is checked by the service. No torch: the API imports this modu
 a client on a machine without torch. The worker reads a job's stored spec back with
 ``JobSpecIn.model_validate(job.spec)``.
 
-``METHODS`` and ``NAMED_DATASETS`` are fixed lists so the API can refuse an unknown name
-without importing the search code; a test checks ``METHODS`` equals
+``METHODS`` (the names of ``slimline.search.method_settings.METHOD_SETTINGS``, torch-free)
+and ``NAMED_DATASETS`` let the API refuse an unknown name without importing torch; a test
+checks ``METHODS`` equals
 ``slimline.search.methods.method_names()``.
 """
 
@@ -19,8 +20,9 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from slimline.budget import parse_budget
+from slimline.search.method_settings import METHOD_SETTINGS
 
-METHODS = ("bitshare", "constrained", "optuna", "squantizer", "uniform")
+METHODS = tuple(sorted(METHOD_SETTINGS))
 DEFAULT_METHOD = "constrained"
 NAMED_DATASETS = ("cifar10", "digits", "mnist", "pycode")
 
@@ -136,7 +138,6 @@ class JobSpecIn(_In):
     @classmethod
     def _method_settings_known(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from slimline.errors import InvalidOption
-        from slimline.search.method_settings import METHOD_SETTINGS
 
         v = _bounded_settings(v, "method_settings")
         settings_cls = METHOD_SETTINGS.get(info.data.get("method", ""))
