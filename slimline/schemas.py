@@ -158,7 +158,7 @@ class JobSpecIn(_In):
             FinetuneSettings.from_dict(
                 {k: x for k, x in v.items() if k not in ("epochs", "max_steps")}, field="finetune"
             )
-        except (InvalidOption, TypeError) as exc:
+        except InvalidOption as exc:
             raise ValueError(str(exc)) from exc
         return v
 
